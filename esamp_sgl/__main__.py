@@ -1,0 +1,5 @@
+import sys
+
+from esamp_sgl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the engine-agnostic core (no engine, no model)."""

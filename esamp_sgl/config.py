@@ -1,0 +1,254 @@
+"""ESamp configuration (server-wide) and per-request options.
+
+Every field is validated by hand so that an error names the field as users spell it
+(`esamp_<field>`, the CLI / custom_params name) and the allowed values, e.g.
+``esamp_beta must be a finite number in [0, 10], got nan``. pydantic's ValidationError is a
+ValueError, so callers can catch ValueError.
+
+Defaults and why:
+* beta = 0.5 with the paper's 'contrastive' rule. In the CPU efficacy probes (SmolLM2-135M,
+  min-p 0.05, T=1) β ≤ 0.3 was indistinguishable from plain sampling, β = 3 degenerated
+  (repetition, shared invented names), and β = 0.5 … 1 gave the best (not significant) Vendi
+  gains; 0.5 had the lower repetition cost of the two. 0.8 is the reference demo's value.
+* source_layer = 2: the residual stream entering layer 2 (= output of decoder layer 1). It depends
+  on the context, unlike the reference's first-layer input-norm output, which for RoPE models is a
+  function of the current token id alone; it is what the probes used ("layer-1 source"), and
+  the probes found the embedding-level source worse.
+* target_site = 'final_norm': the normalised state that feeds the LM head, so d = W_U·ĥ is on the
+  same scale as the model's logits. 'last_input_norm' reproduces the reference.
+* optimizer Adam, lr 1e-3, one step per decode step: the reference's and the probes' setting.
+* prefill / SVD warm starts off: probe 2 found that a warm start makes d more accurate but does not
+  improve diversity (mixed sign, not significant); they stay one flag away.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+RULE_NAMES = ("contrastive", "compensated")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SOURCE_SITES = ("residual", "first_input_norm")
+TARGET_SITES = ("final_norm", "last_input_norm")
+BANK_FULL_POLICIES = ("stock",)
+BACKENDS = ("auto", "torch", "flashinfer")
+TRAIN_MODES = ("auto", "sync", "thread", "cuda_stream")
+
+BETA_MAX = 10.0
+GROUP_KEY_MAX_CHARS = 128
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+                 allow_str: bool = False) -> float:
+    """A finite real in [lo, hi] (or (lo, hi]); bools are rejected."""
+    left = "(" if lo_open else "["
+    what = f"{name} must be a finite number in {left}{lo:g}, {hi:g}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what}, got {_show(value)}")
+    if isinstance(value, str):
+        if not allow_str:
+            raise ValueError(f"{what}, got {_show(value)}")
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{what}, got {_show(value)}") from None
+    x = float(value)
+    if not math.isfinite(x) or x > hi or x < lo or (lo_open and x == lo):
+        raise ValueError(f"{what}, got {x:g}" if math.isfinite(x) else f"{what}, got {x}")
+    return x
+
+
+def check_int(name: str, value: Any, lo: int, hi: int, *, allow_str: bool = False) -> int:
+    """An integer in [lo, hi]; bools and non-integral floats are rejected."""
+    what = f"{name} must be an integer in [{lo}, {hi}]"
+    if isinstance(value, str) and allow_str:
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{what}, got {_show(value)}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}, got {_show(value)}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {listed}, got {_show(value)}")
+    return value
+
+
+def check_bool(name: str, value: Any, *, allow_str: bool = False) -> bool:
+    if isinstance(value, bool):
+        return value
+    if allow_str and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be a boolean (true or false), got {_show(value)}")
+
+
+# (kind, bounds) per numeric/bool field; the error names the field as esamp_<field>.
+_FLOATS: dict[str, tuple[float, float, bool]] = {  # name: (lo, hi, lo_open)
+    "beta": (0.0, BETA_MAX, False),
+    "lr": (0.0, 1.0, True),
+    "weight_decay": (0.0, 1.0, False),
+    "greedy_min_p": (0.0, 1.0, True),
+    "warm_start_lr": (0.0, 1.0, True),
+}
+_INTS: dict[str, tuple[int, int]] = {
+    "rank": (1, 8192),
+    "train_steps_per_decode": (1, 64),
+    "source_layer": (0, 1023),
+    "max_groups": (1, 1 << 16),
+    "warm_start_steps": (1, 10_000),
+    "max_candidates": (1, 1 << 20),
+    "seed": (0, (1 << 63) - 1),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "rule": RULE_NAMES,
+    "optimizer": OPTIMIZERS,
+    "source_site": SOURCE_SITES,
+    "target_site": TARGET_SITES,
+    "bank_full_policy": BANK_FULL_POLICIES,
+    "backend": BACKENDS,
+    "train_mode": TRAIN_MODES,
+}
+_BOOLS = ("apply_to_greedy", "training", "prefill_warm_start", "svd_warm_start")
+
+
+class ESampConfig(BaseModel):
+    """Server-wide ESamp settings. Per-request options (ExploreRequest) override beta/rule."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- the rule --------------------------------------------------------------------------------
+    beta: float = 0.5
+    rule: Literal["contrastive", "compensated"] = "contrastive"
+    # -- the distiller and its optimiser ----------------------------------------------------------
+    rank: int = 64
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    train_steps_per_decode: int = 1
+    training: bool = True  # False = frozen distiller (predict only; warm starts still apply)
+    # -- taps (the engine captures them; the core only receives [rows, H] tensors) ----------------
+    source_layer: int = 2  # index of the layer whose *input* residual stream is the source
+    source_site: Literal["residual", "first_input_norm"] = "residual"
+    target_site: Literal["final_norm", "last_input_norm"] = "final_norm"
+    # -- the bank ---------------------------------------------------------------------------------
+    max_groups: int = 64
+    # 'stock': a group that finds the bank full is sampled by the stock sampler (no ESamp) for its
+    # whole life and is counted in Explorer.bank_full_count; it never evicts a live group.
+    bank_full_policy: Literal["stock"] = "stock"
+    # -- greedy rows ------------------------------------------------------------------------------
+    # SGLang turns greedy into top_k=1, so a greedy row's own filter leaves one candidate. With
+    # apply_to_greedy the candidate set is {v : p_v >= greedy_min_p * p_max} at T=1 and the token
+    # is the argmax of the reweighted logits over it.
+    apply_to_greedy: bool = False
+    greedy_min_p: float = 0.1
+    # -- warm starts ------------------------------------------------------------------------------
+    prefill_warm_start: bool = False
+    warm_start_steps: int = 50  # probe 2: 50 full-batch steps at lr 3e-3 was the best of its grid
+    warm_start_lr: float = 3e-3
+    svd_warm_start: bool = False
+    # -- execution --------------------------------------------------------------------------------
+    # Static cap K on candidates per row. If more than K tokens survive top-k/top-p/min-p, only
+    # the K most likely are candidates (an approximation; rows where it happened are counted).
+    max_candidates: int = 1024
+    backend: Literal["auto", "torch", "flashinfer"] = "auto"
+    train_mode: Literal["auto", "sync", "thread", "cuda_stream"] = "auto"
+    seed: int = 0
+
+    @field_validator(*_FLOATS, mode="before")
+    @classmethod
+    def _check_float(cls, v: Any, info: Any) -> float:
+        lo, hi, lo_open = _FLOATS[info.field_name]
+        return check_number(f"esamp_{info.field_name}", v, lo, hi, lo_open=lo_open, allow_str=True)
+
+    @field_validator(*_INTS, mode="before")
+    @classmethod
+    def _check_int(cls, v: Any, info: Any) -> int:
+        lo, hi = _INTS[info.field_name]
+        return check_int(f"esamp_{info.field_name}", v, lo, hi, allow_str=True)
+
+    @field_validator(*_CHOICES, mode="before")
+    @classmethod
+    def _check_choice(cls, v: Any, info: Any) -> str:
+        return check_choice(f"esamp_{info.field_name}", v, _CHOICES[info.field_name])
+
+    @field_validator(*_BOOLS, mode="before")
+    @classmethod
+    def _check_bool(cls, v: Any, info: Any) -> bool:
+        return check_bool(f"esamp_{info.field_name}", v, allow_str=True)
+
+    def validate_for_model(self, hidden_size: int, num_layers: int | None = None) -> None:
+        """Checks that need the model's shape; raises ValueError naming the field."""
+        hidden_size = check_int("hidden_size", hidden_size, 1, 1 << 20)
+        if self.rank > hidden_size:
+            raise ValueError(
+                f"esamp_rank must be an integer in [1, {hidden_size}] (the model's hidden size), "
+                f"got {self.rank}")
+        if num_layers is not None and self.source_site == "residual":
+            num_layers = check_int("num_layers", num_layers, 1, 1 << 16)
+            if self.source_layer >= num_layers:
+                raise ValueError(
+                    f"esamp_source_layer must be an integer in [0, {num_layers - 1}] (the model "
+                    f"has {num_layers} layers), got {self.source_layer}")
+
+
+class ExploreRequest(BaseModel):
+    """Per-request ESamp options, parsed from SGLang's flat `custom_params` dict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta: float | None = None
+    group: str | None = None
+    rule: Literal["contrastive", "compensated"] | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule")
+
+    @classmethod
+    def from_custom_params(cls, params: Mapping[str, Any] | None) -> "ExploreRequest | None":
+        """None when `esamp` is absent or false. Keys not starting with 'esamp' are ignored (other
+        plugins share custom_params); unknown esamp_* keys and ill-typed values raise ValueError.
+        The esamp_* keys are validated even when esamp is false, so typos surface early."""
+        if params is None:
+            return None
+        if not isinstance(params, Mapping):
+            raise ValueError(f"custom_params must be a JSON object, got {_show(params)}")
+        ours = {k: v for k, v in params.items() if isinstance(k, str) and k.startswith("esamp")}
+        unknown = sorted(set(ours) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"unknown custom_params key {unknown[0]!r}; allowed esamp keys: "
+                             + ", ".join(cls.KEYS))
+        enabled = check_bool("esamp", ours["esamp"]) if "esamp" in ours else False
+        beta = group = rule = None
+        if ours.get("esamp_beta") is not None:
+            beta = check_number("esamp_beta", ours["esamp_beta"], 0.0, BETA_MAX)
+        if ours.get("esamp_group") is not None:
+            group = check_group_key(ours["esamp_group"])
+        if ours.get("esamp_rule") is not None:
+            rule = check_choice("esamp_rule", ours["esamp_rule"], RULE_NAMES)
+        if not enabled:
+            return None
+        return cls(beta=beta, group=group, rule=rule)
+
+
+def check_group_key(value: Any) -> str:
+    what = (f"esamp_group must be a non-empty printable string of at most "
+            f"{GROUP_KEY_MAX_CHARS} characters")
+    if not isinstance(value, str):
+        raise ValueError(f"{what}, got {_show(value)}")
+    if not value or len(value) > GROUP_KEY_MAX_CHARS or not value.isprintable():
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise ValueError(f"{what}, got {shown!r} (length {len(value)})")
+    return value

@@ -1,0 +1,149 @@
+"""The Explorer owns one model's ESamp state: distiller bank, group table, trainer, telemetry,
+the ESamp RNG and the resolved backends. The per-step recipe is `esamp_sgl.step.explore_step`.
+
+Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
+  acquire_group(key) when a request joins (None = bank full → the request is sampled stock),
+  warm_start_group(key, source, target) after its prefill (if prefill_warm_start is on),
+  telemetry(key) whenever wanted (reads the device; not on the hot path),
+  release_group(key) once per successful acquire when the request finishes; the last member's
+  release frees the slot, which is re-initialised (parameters, optimiser state, telemetry).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from esamp_sgl.config import ESampConfig, ExploreRequest
+from esamp_sgl.distiller import DistillerBank
+from esamp_sgl.groups import GroupTable
+from esamp_sgl.telemetry import Telemetry
+from esamp_sgl.trainer import TestTimeTrainer
+from esamp_sgl.warm_start import prefill_warm_start
+
+# Measured with `python -m esamp_sgl.bench.core --train-modes` on the 2-core CPU machine: the
+# background thread did not beat inline training (see the bench's JSON), so 'auto' = 'sync' on CPU.
+CPU_AUTO_TRAIN_MODE = "sync"
+
+
+def resolve_train_mode(mode: str, device: torch.device) -> str:
+    if mode == "auto":
+        return "cuda_stream" if device.type == "cuda" else CPU_AUTO_TRAIN_MODE
+    if mode == "cuda_stream" and device.type != "cuda":
+        raise ValueError(f"esamp_train_mode 'cuda_stream' needs a CUDA device, got {device}")
+    return mode
+
+
+def flashinfer_available() -> bool:
+    return importlib.util.find_spec("flashinfer") is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "flashinfer" if device.type == "cuda" and flashinfer_available() else "torch"
+    if backend == "flashinfer":
+        if device.type != "cuda":
+            raise ValueError(f"esamp_backend 'flashinfer' needs a CUDA device, got {device}")
+        if not flashinfer_available():
+            raise ValueError("esamp_backend 'flashinfer' needs the flashinfer package")
+    return backend
+
+
+class Explorer:
+    def __init__(self, config: ESampConfig, hidden_size: int, lm_head_weight: Tensor,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        config.validate_for_model(hidden_size)
+        if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden_size:
+            raise ValueError(f"lm_head_weight must be [vocab, {hidden_size}], "
+                             f"got {tuple(lm_head_weight.shape)}")
+        self.config = config
+        self.hidden_size = hidden_size
+        self.device = torch.device(device) if device is not None else lm_head_weight.device
+        self.dtype = dtype if dtype is not None else lm_head_weight.dtype  # the model's dtype
+        self.lm_head_weight = lm_head_weight.to(self.device)
+        self.groups = GroupTable(config.max_groups)
+        self.bank = DistillerBank(config.max_groups, hidden_size, config.rank, self.device,
+                                  config.seed)
+        self.stats = Telemetry(config.max_groups, hidden_size, self.device)
+        self.train_mode = resolve_train_mode(config.train_mode, self.device)
+        self.trainer = TestTimeTrainer(
+            self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
+            weight_decay=config.weight_decay, steps_per_decode=config.train_steps_per_decode,
+            mode=self.train_mode)
+        self.backend = resolve_backend(config.backend, self.device)
+        # ESamp's own draws never touch the engine's RNG, so stock rows stay bit-identical.
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        # On CPU a host read is free: cut K to the largest candidate count of the step.
+        self.trim_candidates = self.device.type != "cuda"
+        self.bank_full_count = 0  # acquisitions refused because the bank was full
+        self._warm_started: set[int] = set()
+
+    # -- per-request options --------------------------------------------------------------------
+    def row_options(self, request: ExploreRequest) -> tuple[float, str]:
+        """(beta, rule) for a request: its overrides, else the server defaults."""
+        beta = self.config.beta if request.beta is None else request.beta
+        rule = self.config.rule if request.rule is None else request.rule
+        return beta, rule
+
+    # -- group lifecycle ------------------------------------------------------------------------
+    def acquire_group(self, key: str) -> int | None:
+        slot = self.groups.acquire(key)
+        if slot is None:
+            self.bank_full_count += 1  # bank_full_policy 'stock': sampled without ESamp
+        return slot
+
+    def release_group(self, key: str) -> int | None:
+        slot = self.groups.release(key)
+        if slot is not None:
+            self._reset_slots([slot])
+        return slot
+
+    def _reset_slots(self, slots: list[int]) -> None:
+        self.trainer.wait()  # nothing in flight may write the slot after its reset
+        idx = torch.tensor(slots, dtype=torch.int64)
+        idx = (idx.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda"
+               else idx.to(self.device))
+        self.bank.reset_slots(idx)
+        self.trainer.reset_slots(idx)
+        self.stats.reset(idx)
+        self._warm_started.difference_update(slots)
+
+    def warm_start_group(self, key: str, source: Tensor, target: Tensor) -> bool:
+        """Prefill warm start on the prompt's (source, target) pairs [P, H]; once per group and
+        only if config.prefill_warm_start. Returns whether it ran."""
+        slot = self.groups.slot_of(key)
+        if not self.config.prefill_warm_start or slot is None or slot in self._warm_started:
+            return False
+        self._warm_started.add(slot)
+        prefill_warm_start(self.trainer, slot, source, target, self.config.warm_start_steps,
+                           self.config.warm_start_lr)
+        return True
+
+    def load_svd_template(self, w_gate: Tensor | None, w_up: Tensor, w_down: Tensor) -> bool:
+        """SVD warm start from the FFN weights of the layer the engine chose (usually the last);
+        only if config.svd_warm_start, and only before any group exists. Returns whether it ran."""
+        if not self.config.svd_warm_start:
+            return False
+        if len(self.groups):
+            raise RuntimeError("load_svd_template must be called before any group is acquired")
+        self.trainer.wait()
+        self.bank.load_svd_template(w_gate, w_up, w_down, reset_all=True)
+        return True
+
+    # -- host reads -----------------------------------------------------------------------------
+    def telemetry(self, key: str) -> dict:
+        """The group's counters (see Telemetry.snapshot); slot None = the group has no slot."""
+        slot = self.groups.slot_of(key)
+        if slot is None:
+            return {"group": key, "slot": None}
+        self.trainer.wait()
+        out = {"group": key, "slot": slot, "members": self.groups.members(key)}
+        out.update(self.stats.snapshot(slot))
+        return out
+
+    def close(self) -> None:
+        self.trainer.close()

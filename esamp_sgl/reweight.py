@@ -1,0 +1,110 @@
+"""Distiller logits on the candidates, the reweighting rules, and sampling from the candidates.
+
+With z the model's raw logits, d_v = ĥ·W_U[v] and T the row's temperature, the rules are
+
+    contrastive (the paper's):  ℓ'_v = ((1 + β)·z_v − β·d_v) / T
+    compensated:                ℓ'_v = (z_v − β/(1 + β)·d_v) / T   (the paper's rule / (1+β):
+                                                                      no (1+β) sharpening)
+
+A rule is a function (ℓ, δ, β) -> ℓ' of the scaled candidate logits ℓ = z/T (+ any per-row
+constant: log-probs work as well, the constant only shifts ℓ' per row), the scaled distiller
+logits δ = d/T and β [R, 1]. Register new ones with `@register_rule("name")`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Rule = Callable[[Tensor, Tensor, Tensor], Tensor]
+RULES: dict[str, Rule] = {}
+
+# Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
+# materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
+_CHUNK_ELEMS = 1 << 24
+
+
+def register_rule(name: str) -> Callable[[Rule], Rule]:
+    def add(fn: Rule) -> Rule:
+        RULES[name] = fn
+        return fn
+    return add
+
+
+@register_rule("contrastive")
+def contrastive(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor:
+    return (1.0 + beta) * scaled_logits - beta * scaled_d
+
+
+@register_rule("compensated")
+def compensated(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor:
+    return scaled_logits - (beta / (1.0 + beta)) * scaled_d
+
+
+def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
+    """d[r, k] = ĥ[r] · W_U[cand_ids[r, k]] in fp32, gathering only the candidates' LM-head rows
+    (never a full-vocabulary projection). h_hat [R, H], lm_head_weight [V, H], cand_ids [R, K]."""
+    rows, k = cand_ids.shape
+    hidden = lm_head_weight.shape[-1]
+    h = h_hat.to(torch.float32).unsqueeze(-1)  # [R, H, 1]
+    chunk = max(1, _CHUNK_ELEMS // max(1, rows * hidden))
+    out = torch.empty(rows, k, dtype=torch.float32, device=h_hat.device)
+    for start in range(0, k, chunk):
+        ids = cand_ids[:, start:start + chunk]
+        w = lm_head_weight[ids.reshape(-1)].view(rows, ids.shape[1], hidden).to(torch.float32)
+        out[:, start:start + chunk] = torch.bmm(w, h).squeeze(-1)
+    return out
+
+
+def reweighted_logits(cand_logits: Tensor, d: Tensor, temperature: Tensor, beta: Tensor,
+                      rules: str | Sequence[str]) -> Tensor:
+    """Apply the rule(s) on the candidates. cand_logits [R, K] (-inf = not a candidate),
+    d [R, K] raw distiller logits, temperature/beta [R]; `rules` is one name or one per row."""
+    scaled_d = d / temperature.to(d).unsqueeze(-1)
+    b = beta.to(d).unsqueeze(-1)
+    if isinstance(rules, str):
+        out = RULES[rules](cand_logits, scaled_d, b)
+    else:
+        if len(rules) != cand_logits.shape[0]:
+            raise ValueError(f"rules has {len(rules)} entries for {cand_logits.shape[0]} rows")
+        names = sorted(set(rules))
+        out = RULES[names[0]](cand_logits, scaled_d, b)
+        for name in names[1:]:
+            rows = _host_mask([r == name for r in rules], d.device)
+            out = torch.where(rows.unsqueeze(-1), RULES[name](cand_logits, scaled_d, b), out)
+    # A non-candidate stays out whatever d is (and -inf·(1+β) − β·d must not become NaN).
+    return torch.where(cand_logits == float("-inf"), cand_logits, out)
+
+
+def _host_mask(values: list[bool], device: torch.device) -> Tensor:
+    """A host list as a device bool tensor; on CUDA via pinned memory, so the copy is async."""
+    mask = torch.tensor(values, dtype=torch.bool)
+    if device.type == "cuda":
+        return mask.pin_memory().to(device, non_blocking=True)
+    return mask.to(device)
+
+
+def sample_candidates(scores: Tensor, cand_ids: Tensor, greedy: Tensor,
+                      generator: torch.Generator | None, backend: str = "torch") -> Tensor:
+    """Draw one token per row from softmax(scores) over the candidates (argmax for greedy rows).
+    Returns [R] int64 token ids. The torch backend uses the Gumbel-max trick with `generator`."""
+    if backend == "flashinfer":
+        pick = _flashinfer_pick(scores, generator)
+    elif backend == "torch":
+        u = torch.rand(scores.shape, generator=generator, device=scores.device,
+                       dtype=torch.float32)
+        gumbel = -torch.log(-torch.log(u))  # u in [0, 1): finite or -inf, never +inf
+        pick = torch.argmax(scores + gumbel, dim=-1)
+    else:
+        raise ValueError(f"esamp_backend must be one of 'torch', 'flashinfer', got {backend!r}")
+    pick = torch.where(greedy.to(pick.device), torch.argmax(scores, dim=-1), pick)
+    return cand_ids.gather(1, pick.unsqueeze(-1)).squeeze(-1).to(torch.int64)
+
+
+def _flashinfer_pick(scores: Tensor, generator: torch.Generator | None) -> Tensor:
+    import flashinfer.sampling as fs  # CUDA-only dependency, imported on use
+
+    probs = torch.softmax(scores.float(), dim=-1).contiguous()
+    return fs.sampling_from_probs(probs, generator=generator).to(torch.int64)

@@ -1,0 +1,99 @@
+"""One decode step of ESamp: capture → predict → reweight → sample → train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from esamp_sgl.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
+from esamp_sgl.explorer import Explorer
+from esamp_sgl.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.telemetry import candidate_corr
+
+
+@dataclass
+class StepBatch:
+    """What the engine hands over for one decode step (R rows, vocabulary V, hidden H)."""
+
+    logits: Tensor  # [R, V] temperature-scaled logits or log-probs (greedy rows: at T = 1)
+    temperatures: Tensor  # [R] (ignored for greedy rows, which use T = 1)
+    top_k: Tensor  # [R] int (<= 0 or >= V: all)
+    top_p: Tensor  # [R]
+    min_p: Tensor  # [R]
+    is_greedy: Tensor  # [R] bool
+    slots: Tensor  # [R] int64, -1 = no ESamp for this row (stock sampling)
+    betas: Tensor  # [R] float
+    source: Tensor  # [R, H] shallow tap (any dtype)
+    target: Tensor  # [R, H] deep tap (any dtype)
+    any_active: bool  # host-side: does any row have a slot? (from request metadata, no sync)
+    rules: str | Sequence[str] = "contrastive"  # one rule for the batch or one per row
+    probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
+
+
+@dataclass
+class RowFilters:
+    temperature: Tensor
+    top_k: Tensor
+    top_p: Tensor
+    min_p: Tensor
+
+
+def row_filters(batch: StepBatch, greedy_min_p: float) -> RowFilters:
+    """Each row's filters; greedy rows (SGLang: top_k = 1) use {p >= greedy_min_p · p_max} at T=1."""
+    g = batch.is_greedy
+    return RowFilters(
+        temperature=torch.where(g, 1.0, batch.temperatures.float()),
+        top_k=torch.where(g, 0, batch.top_k.to(torch.int64)),
+        top_p=torch.where(g, 1.0, batch.top_p.float()),
+        min_p=torch.where(g, greedy_min_p, batch.min_p.float()))
+
+
+def candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
+    if ex.backend == "flashinfer":
+        probs = batch.probs if batch.probs is not None else torch.softmax(batch.logits.float(), -1)
+        return flashinfer_candidate_set(probs, batch.logits, f.top_k, f.top_p, f.min_p,
+                                        ex.config.max_candidates)
+    return candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, ex.config.max_candidates,
+                         probs=batch.probs, trim=ex.trim_candidates)
+
+
+def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
+    """Returns this step's token ids [R]."""
+    # The stock sampler runs for every row first, with the engine's RNG: a row that ESamp leaves
+    # alone (no slot, β = 0, greedy without apply_to_greedy) gets exactly the stock token.
+    tokens = stock_sample()
+    if not batch.any_active:
+        return tokens
+    cfg = ex.config
+    has_slot = batch.slots >= 0
+
+    # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
+
+    # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
+    ex.trainer.wait()
+    h_hat = ex.bank(batch.source, batch.slots)  # [R, H] fp32
+
+    # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
+    f = row_filters(batch, cfg.greedy_min_p)
+    cand = candidates(ex, batch, f)
+
+    # 4. Reweight the candidates only: d = ĥ·W_U[v], then the rule (β and T per row).
+    d = distiller_logits(h_hat, ex.lm_head_weight, cand.ids)
+    scores = reweighted_logits(cand.logits, d, f.temperature, batch.betas, batch.rules)
+
+    # 5. Sample from softmax over the candidates with ESamp's own generator (greedy: argmax).
+    esamp_tokens = sample_candidates(scores, cand.ids, batch.is_greedy, ex.generator, ex.backend)
+    reweighted = (has_slot & (batch.betas > 0) & torch.isfinite(h_hat).all(-1)
+                  & (~batch.is_greedy | cfg.apply_to_greedy))
+    tokens = torch.where(reweighted, esamp_tokens.to(tokens.dtype), tokens)
+
+    # 6. Telemetry, then train on this step's pairs (after sampling; may run asynchronously).
+    ex.stats.record_prediction(batch.slots, has_slot, h_hat, batch.target)
+    corr, corr_ok = candidate_corr(d, cand.logits, cand.keep)
+    ex.stats.record_candidates(batch.slots, has_slot, reweighted, cand.truncated, corr, corr_ok)
+    if cfg.training:
+        ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot)
+    return tokens

@@ -1,0 +1,68 @@
+"""The SGLang symbols esamp-sgl touches, checked at plugin load (see the README's touch-point table)."""
+
+from __future__ import annotations
+
+import importlib
+
+SUPPORTED_SGLANG = "0.5.23"
+
+# dotted path -> why we need it (the README table lists what breaks if it changes)
+TOUCH_POINTS: dict[str, str] = {
+    "sglang.srt.layers.sampler.Sampler._sample_from_probs": "the esamp sampler overrides it",
+    "sglang.srt.layers.sampler.Sampler.forward": "the esamp sampler wraps it",
+    "sglang.srt.layers.sampler.register_sampler_backend": "registers `--sampling-backend esamp`",
+    "sglang.srt.arg_groups.resolution_hooks.register_resolution_hook": "keeps `esamp` on --device cpu",
+    "sglang.srt.arg_groups.overrides.declare_resolution": "keeps `esamp` on --device cpu",
+    "sglang.srt.arg_groups.overrides.resolving_view": "reads the requested backend during resolution",
+    "sglang.srt.plugins.hook_registry.HookRegistry": "installs the hooks below",
+    "sglang.srt.runtime_context.get_exec": "scoped stock-backend override for the stock sampling path",
+    "sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends": "taps + model handles",
+    "sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store": "final-norm target",
+    "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch": "row metadata",
+    "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_filter_batch": "row metadata",
+    "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_merge_batch": "row metadata",
+    "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.copy_for_forward": "row metadata",
+    "sglang.srt.sampling.sampling_params.SamplingParams.verify": "HTTP 400 for bad custom_params",
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object": "automatic group id",
+    "sglang.srt.mem_cache.common.release_kv_cache": "a finished request leaves its group",
+    "sglang.srt.managers.scheduler.Scheduler._release_aborted_request": "an aborted request leaves its group",
+    "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+    ".is_request_level_customized_info_key": "per-request telemetry in meta_info",
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._build_chat_response": "OpenAI telemetry",
+}
+
+
+class IncompatibleSGLang(RuntimeError):
+    pass
+
+
+def resolve(dotted: str):
+    module_name, _, rest = dotted.partition(".")
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # longest importable module prefix
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def self_check() -> None:
+    """Fail with a message naming the missing symbol and the supported SGLang version."""
+    import sglang
+
+    version = getattr(sglang, "__version__", "unknown")
+    missing = []
+    for dotted in TOUCH_POINTS:
+        try:
+            resolve(dotted)
+        except (ImportError, AttributeError):
+            missing.append(dotted)
+    if missing:
+        raise IncompatibleSGLang(
+            f"esamp-sgl supports sglang=={SUPPORTED_SGLANG}; the installed sglang {version} lacks "
+            + ", ".join(missing)
+        )

@@ -1,0 +1,171 @@
+"""Every SGLang hook of the esamp backend, one small function each (registered in `plugin.py`).
+
+Hooks run in every process that loads plugins; each one is a no-op unless the process is a
+scheduler whose sampler is the esamp sampler (`STATE.runtime` set), or, on the tokenizer side, the
+request carries `esamp*` custom params.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from esamp_sgl.config import ExploreRequest
+from esamp_sgl.explorer import Explorer
+from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, rows_of
+from runtime_patch.runtime import TELEMETRY_KEY, ESampRuntime
+from runtime_patch.settings import load_server_config
+from runtime_patch.taps import configure_taps
+
+logger = logging.getLogger("esamp_sgl.hooks")
+
+
+class _State:
+    runtime: ESampRuntime | None = None  # one per scheduler process
+
+
+STATE = _State()
+
+
+# -- scheduler start-up ---------------------------------------------------------------------------
+def bind_model(result, runner):
+    """AFTER ModelRunner.init_attention_backends: weights are loaded, graphs not yet captured."""
+    from runtime_patch.sampler import ESampSampler
+
+    if runner.is_draft_worker or not isinstance(getattr(runner, "sampler", None), ESampSampler):
+        return result
+    if not runner.spec_algorithm.is_none():
+        raise RuntimeError("--sampling-backend esamp does not support speculative decoding yet")
+    config = load_server_config()
+    if config.prefill_warm_start or config.svd_warm_start:
+        raise RuntimeError(
+            "esamp_prefill_warm_start / esamp_svd_warm_start are implemented in the core (esamp_sgl) but not yet "
+            "wired into the SGLang runtime; unset them"
+        )
+    model_config = runner.model_config
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    taps = configure_taps(runner.model, config, layers, hidden)
+    explorer = Explorer(config, hidden, runner.model.lm_head.weight, device=runner.device)
+    STATE.runtime = runner.sampler.runtime = ESampRuntime(config, explorer, taps)
+    logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g)",
+                taps.capture_indices, config.max_groups, config.rule, config.beta)
+    return result
+
+
+# -- row metadata on SamplingBatchInfo -------------------------------------------------------------
+def rows_from_schedule_batch(result, info, batch, vocab_size):
+    runtime = STATE.runtime
+    if runtime is None:
+        return result
+    requests = tuple(explore_request_of(req) for req in batch.reqs)
+    if not any(r is not None for r in requests):
+        return result
+    for req, request in zip(batch.reqs, requests):
+        if request is not None:
+            runtime.join(req.rid, request)
+    setattr(info, ROWS_ATTR, BatchRows(tuple(req.rid for req in batch.reqs), requests))
+    return result
+
+
+def rows_filter(result, info, keep_indices, keep_indices_device=None):
+    rows = rows_of(info)
+    if rows is not None:
+        setattr(info, ROWS_ATTR, rows.take(keep_indices))
+    return result
+
+
+def rows_merge(result, info, other):
+    mine, theirs = rows_of(info), rows_of(other)
+    if mine is None and theirs is None:
+        return result
+    n_other = len(other)
+    n_mine = len(info) - n_other  # called after the tensors were concatenated
+    mine = mine if mine is not None else BatchRows.stock(n_mine)
+    theirs = theirs if theirs is not None else BatchRows.stock(n_other)
+    setattr(info, ROWS_ATTR, mine.concat(theirs))
+    return result
+
+
+def rows_copy_for_forward(result, info):
+    rows = rows_of(info)
+    if rows is not None:
+        setattr(result, ROWS_ATTR, rows)
+    return result
+
+
+# -- request end ----------------------------------------------------------------------------------
+def _leave(req) -> None:
+    runtime = STATE.runtime
+    if runtime is None:
+        return
+    telemetry = runtime.leave(req.rid)
+    if telemetry is not None:
+        info = dict(req.customized_info or {})
+        info[TELEMETRY_KEY] = [telemetry]
+        req.customized_info = info
+
+
+def leave_on_finish(result, req, tree_cache, *args, **kwargs):
+    """AFTER release_kv_cache; it also runs on retraction, when the request is not finished."""
+    if req.finished():
+        _leave(req)
+    return result
+
+
+def leave_on_abort(result, scheduler, req):
+    """AFTER Scheduler._release_aborted_request (requests aborted while waiting, e.g. retracted)."""
+    _leave(req)
+    return result
+
+
+def telemetry_is_request_level(original, streamer, key):
+    return key == TELEMETRY_KEY or original(streamer, key)
+
+
+# -- tokenizer side: validation (HTTP 400) and group ids --------------------------------------------
+def _check_custom_params_shape(params) -> None:
+    """SGLang's scheduler crashes on nested custom_params (msgspec rejects them only there): refuse
+    them here, in the tokenizer process, where a ValueError becomes HTTP 400."""
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise ValueError(f"custom_params must be a JSON object, got {type(params).__name__}")
+    scalar = (str, int, float, bool, type(None))
+    for key, value in params.items():
+        if isinstance(value, scalar):
+            continue
+        if isinstance(value, list) and all(isinstance(v, scalar) for v in value):
+            continue
+        if isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values()):
+            continue
+        raise ValueError(
+            f"custom_params.{key} must be a JSON scalar, a list of scalars or a flat object of scalars"
+        )
+
+
+def validate_custom_params(result, sampling_params, *args, **kwargs):
+    """AFTER SamplingParams.verify (tokenizer process)."""
+    _check_custom_params_shape(sampling_params.custom_params)
+    ExploreRequest.from_custom_params(sampling_params.custom_params)  # raises ValueError -> 400
+    return result
+
+
+def stamp_group(result, tokenizer_manager, obj, *args, **kwargs):
+    """AFTER TokenizerManager._create_tokenized_object: give an exploring request without
+    `esamp_group` a group of its own. n>1 siblings are copies of this object, so they share it."""
+    params = getattr(result.sampling_params, "custom_params", None)
+    if not params or not params.get("esamp") or params.get("esamp_group") is not None:
+        return result
+    rid = obj.rid if isinstance(obj.rid, str) else uuid.uuid4().hex
+    # A new dict: one sampling-params dict may be shared by every prompt of a batch request.
+    result.sampling_params.custom_params = {**params, "esamp_group": f"req-{rid}"}
+    return result
+
+
+def chat_response_telemetry(result, serving, request, ret, *args, **kwargs):
+    """AFTER OpenAIServingChat._build_chat_response: ESamp telemetry per choice in `metadata`."""
+    per_choice = [(item.get("meta_info") or {}).get(TELEMETRY_KEY) for item in ret]
+    if result is None or not hasattr(result, "metadata") or not any(per_choice):
+        return result
+    result.metadata = {**(result.metadata or {}), TELEMETRY_KEY: [t[0] if t else None for t in per_choice]}
+    return result

