@@ -49,7 +49,16 @@ def keep_mask_sorted(p_sorted: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tens
 FIRST_PASS_K = 64
 
 
-def candidate_set(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
+def candidate_logits(logits: Tensor | None, probs: Tensor, ids: Tensor) -> Tensor:
+    """Scaled logits of the candidates: gathered from `logits`, or, when an engine only has
+    probabilities, log(p) of the candidates alone (equal up to a per-row constant, and it spares a
+    full-vocabulary log)."""
+    if logits is None:
+        return probs.gather(1, ids).float().log()
+    return logits.gather(1, ids).float()
+
+
+def candidate_set(logits: Tensor | None, top_k: Tensor, top_p: Tensor, min_p: Tensor,
                   max_candidates: int, probs: Tensor | None = None,
                   trim: bool = False) -> CandidateSet:
     """Candidates of each row. `logits` are temperature-scaled logits or log-probs ([R, V]; a
@@ -57,10 +66,12 @@ def candidate_set(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
     are used for the filters so that they match the stock sampler bit for bit.
     `trim=True` reads the batch's largest kept count on the host (use it on CPU, where that is
     free): a cheap top-64 pass is tried first, and K is cut to the largest kept count."""
-    vocab = logits.shape[1]
-    k = min(max_candidates, vocab)
     if probs is None:
+        if logits is None:
+            raise ValueError("candidate_set needs logits or probs")
         probs = torch.softmax(logits.float(), dim=-1)
+    vocab = probs.shape[1]
+    k = min(max_candidates, vocab)
     top_k = effective_top_k(top_k, vocab)
     ids, keep, truncated = None, None, None
     if trim and k > FIRST_PASS_K:
@@ -74,7 +85,7 @@ def candidate_set(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
     if trim:
         n = max(int(keep.sum(-1).max()), 1)
         keep, ids = keep[:, :n].contiguous(), ids[:, :n].contiguous()
-    z = logits.gather(1, ids).float()
+    z = candidate_logits(logits, probs, ids)
     z = torch.where(keep, z, torch.full_like(z, float("-inf")))
     return CandidateSet(ids=ids, logits=z, keep=keep, truncated=truncated)
 
@@ -112,7 +123,7 @@ def stock_sample(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
     return torch.gather(idx, 1, pick).view(-1)
 
 
-def flashinfer_candidate_set(probs: Tensor, logits: Tensor, top_k: Tensor, top_p: Tensor,
+def flashinfer_candidate_set(probs: Tensor, logits: Tensor | None, top_k: Tensor, top_p: Tensor,
                              min_p: Tensor, max_candidates: int) -> CandidateSet:
     """Same candidate set formed with FlashInfer's renorm kernels (CUDA only): a token is kept if
     it survives top-k renorm and top-p renorm of the *original* probabilities (the joint
@@ -137,6 +148,6 @@ def flashinfer_candidate_set(probs: Tensor, logits: Tensor, top_k: Tensor, top_p
     truncated = keep[:, k].clone() if q > k else torch.zeros(rows, dtype=torch.bool,
                                                            device=probs.device)
     keep, ids = keep[:, :k], ids[:, :k]
-    z = logits.gather(1, ids).float()
+    z = candidate_logits(logits, probs, ids)
     z = torch.where(keep, z, torch.full_like(z, float("-inf")))
     return CandidateSet(ids=ids, logits=z, keep=keep, truncated=truncated)

@@ -37,16 +37,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_core(args: argparse.Namespace) -> int:
-    from esamp_sgl.bench.core import main as bench_core_main
+def _bench_main(name: str):
+    """The benchmark modules own their flags (`esamp-sgl bench NAME --help`)."""
+    import importlib
 
-    return bench_core_main(args.bench_args)
-
-
-def _cmd_bench_overhead(args: argparse.Namespace) -> int:
-    from esamp_sgl.bench.serving import main as bench_overhead_main
-
-    return bench_overhead_main(args.bench_args)
+    module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving"}[name]
+    return importlib.import_module(module).main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,20 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    bench = sub.add_parser("bench", help="benchmarks (JSON output)")
+    bench = sub.add_parser("bench", help="benchmarks (JSON output); `esamp-sgl bench NAME --help`")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    core = bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler",
-                                add_help=False)
-    core.add_argument("bench_args", nargs=argparse.REMAINDER)
-    core.set_defaults(func=_cmd_bench_core)
-    overhead = bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved",
-                                    add_help=False)
-    overhead.add_argument("bench_args", nargs=argparse.REMAINDER)
-    overhead.set_defaults(func=_cmd_bench_overhead)
+    bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler")
+    bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead"):
+        return _bench_main(argv[1])(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -88,8 +88,8 @@ def _side_by_side(left: list[str], right: list[str], width: int) -> str:
     col = max(20, (width - 7) // 2)
     lines = [f"{'stock':<{col}} | esamp", f"{'-' * col}-+-{'-' * col}"]
     for i in range(max(len(left), len(right))):
-        a = textwrap.wrap(left[i] if i < len(left) else "", col) or [""]
-        b = textwrap.wrap(right[i] if i < len(right) else "", col) or [""]
+        a = textwrap.wrap(" ".join(left[i].split()) if i < len(left) else "", col) or [""]
+        b = textwrap.wrap(" ".join(right[i].split()) if i < len(right) else "", col) or [""]
         for j in range(max(len(a), len(b))):
             lines.append(f"{(a[j] if j < len(a) else ''):<{col}} | {b[j] if j < len(b) else ''}")
         lines.append(f"{'':<{col}} |")

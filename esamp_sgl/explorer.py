@@ -23,8 +23,12 @@ from esamp_sgl.telemetry import Telemetry
 from esamp_sgl.trainer import TestTimeTrainer
 from esamp_sgl.warm_start import prefill_warm_start
 
-# Measured with `python -m esamp_sgl.bench.core --train-modes` on the 2-core CPU machine: the
-# background thread did not beat inline training (see the bench's JSON), so 'auto' = 'sync' on CPU.
+# Measured with esamp_sgl.bench.core.compare_train_modes on a quiet 2-core CPU (torch 2 threads,
+# stand-in forward + explore_step, alternating blocks): step ms sync vs thread = 36.3 vs 40.7
+# (8 rows, H 576), 247.2 vs 254.0 (64 rows, H 576), 194.5 vs 206.6 (8 rows, H 3584). Inline
+# training wins: the forward already uses both cores, so the thread adds hand-off and copies
+# without real overlap. (Under heavy load from other processes the thread's single-threaded
+# worker sometimes won, by avoiding OpenMP barrier stalls; not the deployment case.)
 CPU_AUTO_TRAIN_MODE = "sync"
 
 
@@ -62,7 +66,9 @@ class Explorer:
         self.config = config
         self.hidden_size = hidden_size
         self.device = torch.device(device) if device is not None else lm_head_weight.device
-        self.dtype = dtype if dtype is not None else lm_head_weight.dtype  # the model's dtype
+        # The model's activation dtype, for the engine's reference: taps of any dtype are
+        # accepted and cast to fp32, and the distiller's master weights are always fp32.
+        self.dtype = dtype if dtype is not None else lm_head_weight.dtype
         self.lm_head_weight = lm_head_weight.to(self.device)
         self.groups = GroupTable(config.max_groups)
         self.bank = DistillerBank(config.max_groups, hidden_size, config.rank, self.device,

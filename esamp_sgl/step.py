@@ -18,7 +18,8 @@ from esamp_sgl.telemetry import candidate_corr
 class StepBatch:
     """What the engine hands over for one decode step (R rows, vocabulary V, hidden H)."""
 
-    logits: Tensor  # [R, V] temperature-scaled logits or log-probs (greedy rows: at T = 1)
+    logits: Tensor | None  # [R, V] temperature-scaled logits or log-probs (greedy rows: at T = 1);
+    # None when `probs` is given: log(p) is then taken on the candidates only
     temperatures: Tensor  # [R] (ignored for greedy rows, which use T = 1)
     top_k: Tensor  # [R] int (<= 0 or >= V: all)
     top_p: Tensor  # [R]

@@ -77,8 +77,9 @@ class ESampSampler(Sampler):
         if self._step is None:
             return stock(), mask_capture
         # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
-        # logits up to a per-row constant, which every rule and softmax over candidates ignores.
-        ids = self._explore(self._step, torch.log(probs), probs, sampling_info, stock)
+        # logits up to a per-row constant, which every rule and softmax over candidates ignores,
+        # so the core takes log(p) of the candidates only (logits=None).
+        ids = self._explore(self._step, None, probs, sampling_info, stock)
         return ids, mask_capture
 
     def _prepare(self, hidden_states, sampling_info) -> StepContext | None:

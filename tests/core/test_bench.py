@@ -10,5 +10,5 @@ def test_core_bench_reports_stock_and_esamp_costs():
         assert case["stock_ms"] > 0 and case["esamp_step_ms"] > 0
         assert set(case["components_ms"]) == {"predict", "candidates", "reweight", "sample", "train"}
         assert case["mean_candidates"] >= 1
-    modes = compare_train_modes(4, 16, 300, steps=2, forward_layers=1, rounds=1)
+    modes = compare_train_modes(4, 16, 300, steps=2, forward_layers=1, rounds=2)
     assert modes["faster"] in ("sync", "thread")
