@@ -34,8 +34,15 @@ def bind_model(result, runner):
 
     if runner.is_draft_worker or not isinstance(getattr(runner, "sampler", None), ESampSampler):
         return result
+    from sglang.srt.runtime_context import get_parallel
+
     if not runner.spec_algorithm.is_none():
         raise RuntimeError("--sampling-backend esamp does not support speculative decoding yet")
+    if get_parallel().pp_size > 1:
+        raise RuntimeError("--sampling-backend esamp does not support pipeline parallelism (--pp-size > 1) yet")
+    if get_parallel().attn_dp_size > 1:
+        raise RuntimeError("--sampling-backend esamp does not support DP attention yet: a fork group's rows "
+                           "must reach one Distiller")
     config = load_server_config()
     if config.prefill_warm_start or config.svd_warm_start:
         raise RuntimeError(
