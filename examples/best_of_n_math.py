@@ -1,0 +1,39 @@
+"""Best-of-n on an arithmetic problem: 8 exploring samples in one group, scored by an exact-answer verifier.
+
+    python examples/best_of_n_math.py                    # in-process sglang.Engine
+    python examples/best_of_n_math.py --url http://127.0.0.1:30000
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from programs.best_of_n import best_of_n
+from programs.common import Sampling, add_backend_args, backend_from_args
+from programs.verifiers import MathAnswerVerifier
+
+# SmolLM2-135M is weak at arithmetic; this one it gets right in a few of 8 samples.
+PROBLEM = "What is 2 + 3? Answer with the number only."
+ANSWER = 5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    add_backend_args(parser)
+    args = parser.parse_args(argv)
+    with backend_from_args(args) as backend:
+        result = best_of_n(PROBLEM, args.n, MathAnswerVerifier(ANSWER), backend=backend,
+                           sampling=Sampling(max_tokens=args.max_tokens, temperature=0.8, explore=True))
+    for c in result.candidates:
+        print(f"{'*' if c.index == result.best_index else ' '} [{c.index}] {c.verdict.detail:<28} {c.text.strip()[:80]!r}")
+    correct = sum(c.verdict.passed for c in result.candidates)
+    print(f"{correct}/{len(result.candidates)} correct; best #{result.best_index} "
+          f"(score {result.best.verdict.score:.0f}); group {result.group}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
