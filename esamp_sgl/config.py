@@ -37,6 +37,8 @@ BACKENDS = ("auto", "torch", "flashinfer")
 TRAIN_MODES = ("auto", "sync", "thread", "cuda_stream")
 
 BETA_MAX = 10.0
+# Where each exploring request's telemetry appears: meta_info["esamp"] (and OpenAI metadata["esamp"]).
+TELEMETRY_KEY = "esamp"
 GROUP_KEY_MAX_CHARS = 128
 
 

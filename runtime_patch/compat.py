@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 
 SUPPORTED_SGLANG = "0.5.23"
 
@@ -36,20 +36,6 @@ class IncompatibleSGLang(RuntimeError):
     pass
 
 
-def resolve(dotted: str):
-    module_name, _, rest = dotted.partition(".")
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):  # longest importable module prefix
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(dotted)
-
-
 def self_check() -> None:
     """Fail with a message naming the missing symbol and the supported SGLang version."""
     import sglang
@@ -58,7 +44,7 @@ def self_check() -> None:
     missing = []
     for dotted in TOUCH_POINTS:
         try:
-            resolve(dotted)
+            pkgutil.resolve_name(dotted)  # what HookRegistry.apply_hooks resolves targets with
         except (ImportError, AttributeError):
             missing.append(dotted)
     if missing:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 
-from esamp_sgl.config import ExploreRequest
+from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
 from esamp_sgl.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, rows_of
-from runtime_patch.runtime import TELEMETRY_KEY, ESampRuntime
+from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
 from runtime_patch.taps import configure_taps
 

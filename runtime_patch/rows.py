@@ -52,8 +52,3 @@ def explore_request_of(req) -> ExploreRequest | None:
 
 def rows_of(info) -> BatchRows | None:
     return getattr(info, ROWS_ATTR, None)
-
-
-def rows_or_stock(info, n: int) -> BatchRows:
-    rows = rows_of(info)
-    return rows if rows is not None and len(rows.rids) == n else BatchRows.stock(n)

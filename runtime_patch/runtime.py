@@ -20,8 +20,6 @@ from runtime_patch.taps import Taps
 
 logger = logging.getLogger("esamp_sgl.runtime")
 
-TELEMETRY_KEY = "esamp"
-
 
 @dataclass
 class Member:
@@ -47,7 +45,6 @@ class ESampRuntime:
         self.members: dict[str, Member] = {}  # rid -> membership
         self.stock_groups: dict[str, int] = {}  # group -> members, for groups refused a slot
         self.steps = 0
-        self._warned_nonfinite: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @staticmethod
