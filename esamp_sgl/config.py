@@ -28,7 +28,12 @@ from typing import Any, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-RULE_NAMES = ("contrastive", "compensated")
+# contrastive/compensated: the ESamp rules. The others are controls and baselines for the evaluation:
+# sharpen = contrastive with d = 0 (isolates the Distiller's contribution); group_presence /
+# group_frequency = a presence/frequency penalty on the tokens the group already generated (the
+# sibling-aware heuristic that needs no Distiller). See esamp_sgl/reweight.py.
+RULE_NAMES = ("contrastive", "compensated", "sharpen", "group_presence", "group_frequency")
+RuleName = Literal["contrastive", "compensated", "sharpen", "group_presence", "group_frequency"]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SOURCE_SITES = ("residual", "first_input_norm")
 TARGET_SITES = ("final_norm", "last_input_norm")
@@ -134,7 +139,7 @@ class ESampConfig(BaseModel):
 
     # -- the rule --------------------------------------------------------------------------------
     beta: float = 0.5
-    rule: Literal["contrastive", "compensated"] = "contrastive"
+    rule: RuleName = "contrastive"
     # -- the distiller and its optimiser ----------------------------------------------------------
     rank: int = 64
     lr: float = 1e-3
@@ -214,9 +219,10 @@ class ExploreRequest(BaseModel):
 
     beta: float | None = None
     group: str | None = None
-    rule: Literal["contrastive", "compensated"] | None = None
+    rule: RuleName | None = None
+    train: bool | None = None  # False: the group's Distiller is frozen (the evaluation's control)
 
-    KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule")
+    KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule", "esamp_train")
 
     @classmethod
     def from_custom_params(cls, params: Mapping[str, Any] | None) -> "ExploreRequest | None":
@@ -233,16 +239,18 @@ class ExploreRequest(BaseModel):
             raise ValueError(f"unknown custom_params key {unknown[0]!r}; allowed esamp keys: "
                              + ", ".join(cls.KEYS))
         enabled = check_bool("esamp", ours["esamp"]) if "esamp" in ours else False
-        beta = group = rule = None
+        beta = group = rule = train = None
         if ours.get("esamp_beta") is not None:
             beta = check_number("esamp_beta", ours["esamp_beta"], 0.0, BETA_MAX)
         if ours.get("esamp_group") is not None:
             group = check_group_key(ours["esamp_group"])
         if ours.get("esamp_rule") is not None:
             rule = check_choice("esamp_rule", ours["esamp_rule"], RULE_NAMES)
+        if ours.get("esamp_train") is not None:
+            train = check_bool("esamp_train", ours["esamp_train"])
         if not enabled:
             return None
-        return cls(beta=beta, group=group, rule=rule)
+        return cls(beta=beta, group=group, rule=rule, train=train)
 
 
 def check_group_key(value: Any) -> str:

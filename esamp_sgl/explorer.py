@@ -86,14 +86,35 @@ class Explorer:
         # On CPU a host read is free: cut K to the largest candidate count of the step.
         self.trim_candidates = self.device.type != "cuda"
         self.bank_full_count = 0  # acquisitions refused because the bank was full
+        # [max_groups, V] tokens generated per group, for the group_* baseline rules only:
+        # allocated when such a rule first runs (39 MB at 64 groups x 152k vocabulary).
+        self.group_counts: Tensor | None = None
         self._warm_started: set[int] = set()
 
     # -- per-request options --------------------------------------------------------------------
-    def row_options(self, request: ExploreRequest) -> tuple[float, str]:
-        """(beta, rule) for a request: its overrides, else the server defaults."""
+    def row_options(self, request: ExploreRequest) -> tuple[float, str, bool]:
+        """(beta, rule, train) for a request: its overrides, else the server defaults."""
         beta = self.config.beta if request.beta is None else request.beta
         rule = self.config.rule if request.rule is None else request.rule
-        return beta, rule
+        train = self.config.training if request.train is None else request.train
+        return beta, rule, train
+
+    # -- group token counts (baseline rules) -----------------------------------------------------
+    def group_counts_on(self, slots: Tensor, cand_ids: Tensor) -> Tensor:
+        """counts[slot(r), cand_ids[r, k]] as float32 [R, K] (0 for rows without a slot)."""
+        if self.group_counts is None:
+            vocab = self.lm_head_weight.shape[0]
+            self.group_counts = torch.zeros(self.config.max_groups, vocab, device=self.device)
+        vocab = self.group_counts.shape[1]
+        flat = slots.clamp(min=0).unsqueeze(-1) * vocab + cand_ids  # gather K per row, not V
+        return self.group_counts.view(-1)[flat] * (slots >= 0).unsqueeze(-1)
+
+    def count_group_tokens(self, slots: Tensor, tokens: Tensor, valid: Tensor) -> None:
+        if self.group_counts is None:
+            return
+        # Masked by weight, not by indexing: boolean indexing would sync the host on CUDA.
+        self.group_counts.index_put_((slots.clamp(min=0), tokens.to(torch.int64)),
+                                     valid.to(self.group_counts.dtype), accumulate=True)
 
     # -- group lifecycle ------------------------------------------------------------------------
     def acquire_group(self, key: str) -> int | None:
@@ -116,6 +137,8 @@ class Explorer:
         self.bank.reset_slots(idx)
         self.trainer.reset_slots(idx)
         self.stats.reset(idx)
+        if self.group_counts is not None:
+            self.group_counts[idx] = 0
         self._warm_started.difference_update(slots)
 
     def warm_start_group(self, key: str, source: Tensor, target: Tensor) -> bool:

@@ -6,9 +6,16 @@ With z the model's raw logits, d_v = ĥ·W_U[v] and T the row's temperature, the
     compensated:                ℓ'_v = (z_v − β/(1 + β)·d_v) / T   (the paper's rule / (1+β):
                                                                       no (1+β) sharpening)
 
+and, as controls and baselines for the evaluation (no Distiller involved),
+
+    sharpen:          ℓ'_v = (1 + β)·z_v / T        (contrastive with d = 0: isolates the Distiller)
+    group_presence:   ℓ'_v = (z_v − β·[c_v > 0]) / T  (c_v = how often the fork group's samples,
+    group_frequency:  ℓ'_v = (z_v − β·c_v) / T         this row's included, generated v so far)
+
 A rule is a function (ℓ, δ, β) -> ℓ' of the scaled candidate logits ℓ = z/T (+ any per-row
-constant: log-probs work as well, the constant only shifts ℓ' per row), the scaled distiller
-logits δ = d/T and β [R, 1]. Register new ones with `@register_rule("name")`.
+constant: log-probs work as well, the constant only shifts ℓ' per row), a scaled signal δ = s/T
+on the candidates and β [R, 1]. Each rule names its signal s: the distiller logits d, the group's
+token presence [c > 0] or counts c, or none. Register new ones with `@register_rule(name, signal)`.
 """
 
 from __future__ import annotations
@@ -20,15 +27,21 @@ from torch import Tensor
 
 Rule = Callable[[Tensor, Tensor, Tensor], Tensor]
 RULES: dict[str, Rule] = {}
+SIGNALS = ("distiller", "presence", "frequency", "none")
+RULE_SIGNAL: dict[str, str] = {}  # rule name -> the signal it reads
 
 # Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
 # materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
 _CHUNK_ELEMS = 1 << 24
 
 
-def register_rule(name: str) -> Callable[[Rule], Rule]:
+def register_rule(name: str, signal: str = "distiller") -> Callable[[Rule], Rule]:
+    if signal not in SIGNALS:
+        raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
+
     def add(fn: Rule) -> Rule:
         RULES[name] = fn
+        RULE_SIGNAL[name] = signal
         return fn
     return add
 
@@ -41,6 +54,23 @@ def contrastive(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor
 @register_rule("compensated")
 def compensated(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor:
     return scaled_logits - (beta / (1.0 + beta)) * scaled_d
+
+
+@register_rule("sharpen", signal="none")
+def sharpen(scaled_logits: Tensor, unused: Tensor, beta: Tensor) -> Tensor:
+    return (1.0 + beta) * scaled_logits
+
+
+def _penalty(scaled_logits: Tensor, scaled_signal: Tensor, beta: Tensor) -> Tensor:
+    return scaled_logits - beta * scaled_signal
+
+
+register_rule("group_presence", signal="presence")(_penalty)
+register_rule("group_frequency", signal="frequency")(_penalty)
+
+
+def signals_needed(rules: str | Sequence[str]) -> set[str]:
+    return {RULE_SIGNAL[r] for r in ([rules] if isinstance(rules, str) else rules)}
 
 
 def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
@@ -58,22 +88,30 @@ def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) ->
     return out
 
 
-def reweighted_logits(cand_logits: Tensor, d: Tensor, temperature: Tensor, beta: Tensor,
-                      rules: str | Sequence[str]) -> Tensor:
-    """Apply the rule(s) on the candidates. cand_logits [R, K] (-inf = not a candidate),
-    d [R, K] raw distiller logits, temperature/beta [R]; `rules` is one name or one per row."""
-    scaled_d = d / temperature.to(d).unsqueeze(-1)
-    b = beta.to(d).unsqueeze(-1)
+def reweighted_logits(cand_logits: Tensor, d: Tensor | dict[str, Tensor], temperature: Tensor,
+                      beta: Tensor, rules: str | Sequence[str]) -> Tensor:
+    """Apply the rule(s) on the candidates. cand_logits [R, K] (-inf = not a candidate);
+    d: the raw distiller logits [R, K], or {signal name: [R, K]} holding every signal the rules
+    read ('none' needs nothing); temperature/beta [R]; `rules` is one name or one per row."""
+    signals = d if isinstance(d, dict) else {"distiller": d}
+    inv_t = 1.0 / temperature.to(cand_logits.device, torch.float32).unsqueeze(-1)
+    b = beta.to(cand_logits.device, torch.float32).unsqueeze(-1)
+
+    def apply(name: str) -> Tensor:
+        signal = RULE_SIGNAL[name]
+        scaled = cand_logits if signal == "none" else signals[signal] * inv_t
+        return RULES[name](cand_logits, scaled, b)
+
     if isinstance(rules, str):
-        out = RULES[rules](cand_logits, scaled_d, b)
+        out = apply(rules)
     else:
         if len(rules) != cand_logits.shape[0]:
             raise ValueError(f"rules has {len(rules)} entries for {cand_logits.shape[0]} rows")
         names = sorted(set(rules))
-        out = RULES[names[0]](cand_logits, scaled_d, b)
+        out = apply(names[0])
         for name in names[1:]:
-            rows = _host_mask([r == name for r in rules], d.device)
-            out = torch.where(rows.unsqueeze(-1), RULES[name](cand_logits, scaled_d, b), out)
+            rows = _host_mask([r == name for r in rules], cand_logits.device)
+            out = torch.where(rows.unsqueeze(-1), apply(name), out)
     # A non-candidate stays out whatever d is (and -inf·(1+β) − β·d must not become NaN).
     return torch.where(cand_logits == float("-inf"), cand_logits, out)
 

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from esamp_sgl.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
 from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.reweight import (distiller_logits, reweighted_logits, sample_candidates,
+                                signals_needed)
 from esamp_sgl.telemetry import candidate_corr
 
 
@@ -32,6 +33,7 @@ class StepBatch:
     any_active: bool  # host-side: does any row have a slot? (from request metadata, no sync)
     rules: str | Sequence[str] = "contrastive"  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
+    train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
 
 
 @dataclass
@@ -81,9 +83,14 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     f = row_filters(batch, cfg.greedy_min_p)
     cand = candidates(ex, batch, f)
 
-    # 4. Reweight the candidates only: d = ĥ·W_U[v], then the rule (β and T per row).
+    # 4. Reweight the candidates only: d = ĥ·W_U[v], then the rule (β and T per row). The
+    #    baseline rules read the group's token counts instead of d.
     d = distiller_logits(h_hat, ex.lm_head_weight, cand.ids)
-    scores = reweighted_logits(cand.logits, d, f.temperature, batch.betas, batch.rules)
+    signals = {"distiller": d}
+    if signals_needed(batch.rules) & {"presence", "frequency"}:
+        counts = ex.group_counts_on(batch.slots, cand.ids)
+        signals.update(presence=(counts > 0).float(), frequency=counts)
+    scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, batch.rules)
 
     # 5. Sample from softmax over the candidates with ESamp's own generator (greedy: argmax).
     esamp_tokens = sample_candidates(scores, cand.ids, batch.is_greedy, ex.generator, ex.backend)
@@ -92,9 +99,11 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     tokens = torch.where(reweighted, esamp_tokens.to(tokens.dtype), tokens)
 
     # 6. Telemetry, then train on this step's pairs (after sampling; may run asynchronously).
+    ex.count_group_tokens(batch.slots, tokens, has_slot)
     ex.stats.record_prediction(batch.slots, has_slot, h_hat, batch.target)
     corr, corr_ok = candidate_corr(d, cand.logits, cand.keep)
     ex.stats.record_candidates(batch.slots, has_slot, reweighted, cand.truncated, corr, corr_ok)
     if cfg.training:
-        ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot)
+        trains = has_slot if batch.train is None else has_slot & batch.train
+        ex.trainer.schedule(batch.source, batch.target, batch.slots, trains)
     return tokens

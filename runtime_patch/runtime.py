@@ -33,6 +33,7 @@ class RowPlan:
 
     slots: torch.Tensor  # [R] int64, -1 = stock row
     betas: torch.Tensor  # [R] float32
+    train: torch.Tensor  # [R] bool: the row's group trains its Distiller
     rules: list[str]
     any_active: bool
 
@@ -77,8 +78,11 @@ class ESampRuntime:
                 self.stock_groups[member.group] = left
             else:
                 del self.stock_groups[member.group]
-        else:
-            self.explorer.release_group(member.group)
+        elif self.explorer.release_group(member.group) is not None and telemetry["status"] != "ok":
+            # Once per group (its last member freed the slot); the counters say how often it happened.
+            logger.warning("esamp: group %r had non-finite Distiller output (%d predictions sampled stock, "
+                           "%d resets)", member.group, telemetry.get("nonfinite_predictions", 0),
+                           telemetry.get("nonfinite_resets", 0))
         telemetry["server"] = self.summary()  # after leaving: lets a client see that nothing leaked
         return telemetry
 
@@ -86,27 +90,33 @@ class ESampRuntime:
         if member.slot is None:
             return {"group": member.group, "status": "bank_full"}
         out = self.explorer.telemetry(member.group)
-        out["status"] = "nonfinite_reset" if out.get("nonfinite_resets") else "ok"
+        # nonfinite_prediction: some of the group's rows were sampled stock because the Distiller's
+        # prediction was NaN/inf; nonfinite_reset: a non-finite loss reset the Distiller.
+        out["status"] = ("nonfinite_prediction" if out.get("nonfinite_predictions")
+                         else "nonfinite_reset" if out.get("nonfinite_resets") else "ok")
         return out
 
     # -- per step -----------------------------------------------------------------------------------
     def plan(self, rows: BatchRows, device: torch.device) -> RowPlan:
-        slots, betas, rules = [], [], []
+        slots, betas, train, rules = [], [], [], []
         for rid, request in zip(rows.rids, rows.requests):
             member = self.members.get(rid) if request is not None else None
             if member is None or member.slot is None:
                 slots.append(-1)
                 betas.append(0.0)
+                train.append(False)
                 rules.append(self.config.rule)
                 continue
-            beta, rule = self.explorer.row_options(request)
+            beta, rule, trains = self.explorer.row_options(request)
             slots.append(member.slot)
             betas.append(beta)
+            train.append(trains)
             rules.append(rule)
         any_active = any(s >= 0 for s in slots)
         return RowPlan(
             slots=torch.tensor(slots, dtype=torch.int64).to(device, non_blocking=True),
             betas=torch.tensor(betas, dtype=torch.float32).to(device, non_blocking=True),
+            train=torch.tensor(train, dtype=torch.bool).to(device, non_blocking=True),
             rules=rules,
             any_active=any_active,
         )

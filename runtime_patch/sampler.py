@@ -117,6 +117,7 @@ class ESampSampler(Sampler):
             any_active=step.plan.any_active,
             rules=step.plan.rules,
             probs=probs,
+            train=step.plan.train,
         )
         try:
             return explore_step(self.runtime.explorer, batch, stock_once)

@@ -32,7 +32,9 @@ def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, tri
     cand = candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, max_candidates, probs=probs,
                          trim=trim)
     d = distiller_logits(h_hat, w, cand.ids)
-    scores = reweighted_logits(cand.logits, d, f.temperature, batch.betas, rules)
+    counts = (cand.ids % 3).float()  # stand-in group counts for the baseline rules: 0, 1, 2
+    signals = {"distiller": d, "presence": (counts > 0).float(), "frequency": counts}
+    scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, rules)
     return f, probs, cand, scores
 
 
@@ -218,6 +220,29 @@ def test_mixed_rules_per_row():
     for r, name in enumerate(rules):
         alone = reweighted_logits(cand_logits[r:r + 1], d[r:r + 1], t[r:r + 1], beta[r:r + 1], name)
         assert torch.equal(mixed[r], alone[0])
+
+
+def test_control_and_baseline_rules_follow_their_formulas():
+    gen = torch.Generator().manual_seed(24)
+    z = torch.randn(3, 12, generator=gen) * 2  # raw logits
+    t = torch.tensor([1.0, 0.5, 2.0])
+    beta = torch.tensor([0.5, 1.0, 3.0])
+    d = torch.randn(3, 12, generator=gen) * 5
+    counts = torch.randint(0, 4, (3, 12), generator=gen).float()
+    signals = {"distiller": d, "presence": (counts > 0).float(), "frequency": counts}
+    scaled = z / t[:, None]
+    b = beta[:, None]
+    want = {
+        "sharpen": (1 + b) * z / t[:, None],  # = contrastive with d = 0
+        "group_presence": (z - b * (counts > 0).float()) / t[:, None],
+        "group_frequency": (z - b * counts) / t[:, None],
+        "contrastive": ((1 + b) * z - b * d) / t[:, None],
+    }
+    for rule, expected in want.items():
+        got = reweighted_logits(scaled, signals, t, beta, rule)
+        assert torch.allclose(got, expected, atol=1e-5), rule
+    assert torch.allclose(reweighted_logits(scaled, signals, t, beta, "sharpen"),
+                          reweighted_logits(scaled, torch.zeros_like(d), t, beta, "contrastive"))
 
 
 def test_distiller_logits_equal_dense_projection_and_chunk():

@@ -200,6 +200,44 @@ def test_slot_lifecycle_capacity_and_reinit_on_reuse():
     assert ex.telemetry("b")["steps_trained"] == 3  # the other group kept its state
 
 
+def test_group_counts_follow_each_groups_tokens_and_reset_with_the_slot():
+    ex = _explorer(max_groups=3)
+    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    gen = torch.Generator().manual_seed(41)
+    seen = {a: torch.zeros(V), b: torch.zeros(V)}
+    for step in range(4):
+        batch = _batch(gen, [a, b, a, -1], [1.0, 1.0, 1.0, 0.0], rules="group_presence")
+        tokens = explore_step(ex, batch, _stock(batch, gen))
+        for row, slot in enumerate([a, b, a]):
+            seen[slot][tokens[row]] += 1
+    assert torch.equal(ex.group_counts[a], seen[a]) and torch.equal(ex.group_counts[b], seen[b])
+    assert float(ex.group_counts[2].sum()) == 0.0  # the free slot and stock rows count nothing
+    # A large presence penalty forbids every token the group already produced, when others remain.
+    batch = _batch(gen, [a, a], [10.0, 10.0], rules="group_presence", top_k=torch.full((2,), 0),
+                   top_p=torch.ones(2), min_p=torch.zeros(2))
+    batch.logits = torch.zeros(2, V)  # flat: every token is a candidate with the same logit
+    batch.probs = torch.softmax(batch.logits, -1)
+    tokens = explore_step(ex, batch, _stock(batch, gen))
+    assert all(seen[a][t] == 0 for t in tokens.tolist())
+    ex.release_group("a")
+    assert float(ex.group_counts[a].sum()) == 0.0
+
+
+def test_frozen_rows_do_not_train_their_group():
+    ex = _explorer()
+    frozen, trained = ex.acquire_group("frozen"), ex.acquire_group("trained")
+    before = {k: v[frozen].clone() for k, v in ex.bank.params.items()}
+    gen = torch.Generator().manual_seed(43)
+    for _ in range(3):
+        batch = _batch(gen, [frozen, trained, frozen], [1.0, 1.0, 1.0])
+        batch.train = torch.tensor([False, True, False])
+        explore_step(ex, batch, _stock(batch, gen))
+    assert ex.telemetry("frozen")["steps_trained"] == 0
+    assert ex.telemetry("frozen")["predictions"] == 6  # still predicts and reweights
+    assert ex.telemetry("trained")["steps_trained"] == 3
+    assert all(torch.equal(v[frozen], before[k]) for k, v in ex.bank.params.items())
+
+
 def test_explore_step_under_inference_mode():
     with torch.inference_mode():
         ex = _explorer()
