@@ -41,7 +41,8 @@ def _bench_main(name: str):
     """The benchmark modules own their flags (`esamp-sgl bench NAME --help`)."""
     import importlib
 
-    module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving"}[name]
+    module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving",
+              "soak": "esamp_sgl.bench.soak"}[name]
     return importlib.import_module(module).main
 
 
@@ -71,12 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler")
     bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved")
+    bench_sub.add_parser("soak", help="mixed load with client aborts on one real server; checks nothing leaks")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead"):
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak"):
         return _bench_main(argv[1])(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -60,6 +60,8 @@ class Telemetry:
             self.truncated = z(n)
             self.corr_sum = z(n)
             self.corr_count = z(n)
+            # Rows whose prediction had a NaN/inf entry: step.py samples them stock (fault isolation).
+            self.nonfinite_predictions = z(n)
 
     def _fields(self) -> list[Tensor]:
         return [v for v in vars(self).values() if isinstance(v, Tensor)]
@@ -103,6 +105,7 @@ class Telemetry:
         ok = mask & torch.isfinite(err).all(-1) & torch.isfinite(target).all(-1)
         self.novelty_sum.index_add_(0, idx, self._masked(err.mean(-1), ok))
         self.novelty_count.index_add_(0, idx, ok.to(_F64))
+        self.nonfinite_predictions.index_add_(0, idx, (mask & ~torch.isfinite(h_hat).all(-1)).to(_F64))
         self.sse.index_add_(0, idx, self._masked(err.sum(-1), ok))
         t64 = torch.where(ok.unsqueeze(-1), target, torch.zeros_like(target)).to(_F64)
         self.target_sum.index_add_(0, idx, t64)
@@ -152,6 +155,7 @@ class Telemetry:
             "r2": r2,
             "corr_d_z": ratio(vals["corr_sum"], vals["corr_count"]),
             "nonfinite_resets": int(vals["train_nonfinite"]),
+            "nonfinite_predictions": int(vals["nonfinite_predictions"]),
             "warm_start_steps": int(vals["warm_steps"]),
             "warm_start_loss_before": vals["warm_loss_before"] if vals["warm_steps"] else None,
             "warm_start_loss_after": vals["warm_loss_after"] if vals["warm_steps"] else None,
