@@ -65,7 +65,10 @@ def check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool =
             value = float(value)
         except ValueError:
             raise ValueError(f"{what}, got {_show(value)}") from None
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float range (Python callers; JSON parsers reject it earlier)
+        x = math.inf if value > 0 else -math.inf
     if not math.isfinite(x) or x > hi or x < lo or (lo_open and x == lo):
         raise ValueError(f"{what}, got {x:g}" if math.isfinite(x) else f"{what}, got {x}")
     return x
