@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler")
     bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved")
     bench_sub.add_parser("soak", help="mixed load with client aborts on one real server; checks nothing leaks")
+
+    evaluation = sub.add_parser("eval", help="diversity/quality and pass@k of stock vs ESamp arms; "
+                                             "`esamp-sgl eval NAME --help`")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    eval_sub.add_parser("diversity", help="Vendi / cosine / distinct-n vs NLL, as curves at matched NLL")
+    eval_sub.add_parser("passk", help="unbiased pass@k and distinct correct answers on verifiable tasks")
     return parser
 
 
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak"):
         return _bench_main(argv[1])(argv[2:])
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("diversity", "passk"):
+        from esamp_sgl.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

