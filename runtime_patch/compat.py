@@ -29,6 +29,13 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
     ".is_request_level_customized_info_key": "per-request telemetry in meta_info",
     "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._build_chat_response": "OpenAI telemetry",
+    "sglang.srt.managers.io_struct.TokenizedGenerateReqInput.routed_dp_rank": "group-affine DP routing",
+    "sglang.srt.managers.data_parallel_controller.DataParallelController.maybe_external_dp_rank_routing":
+        "every DP load-balance method honours routed_dp_rank first",
+    "sglang.srt.layers.sampler.SYNC_TOKEN_IDS_ACROSS_TP": "required under --tp-size > 1",
+    "sglang.srt.layers.sampler.Sampler._sync_token_ids_across_tp": "TP token sync of explored greedy ids",
+    "sglang.srt.layers.vocab_parallel_embedding.VocabParallelEmbeddingShardIndices":
+        "where a TP rank's LM-head rows sit in the vocabulary",
 }
 
 

@@ -16,6 +16,7 @@ from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
 from runtime_patch.taps import configure_taps
+from runtime_patch.tensor_parallel import check_tensor_parallel, full_lm_head_weight
 
 logger = logging.getLogger("esamp_sgl.hooks")
 
@@ -43,6 +44,7 @@ def bind_model(result, runner):
     if get_parallel().attn_dp_size > 1:
         raise RuntimeError("--sampling-backend esamp does not support DP attention yet: a fork group's rows "
                            "must reach one Distiller")
+    check_tensor_parallel(get_parallel().tp_size)
     config = load_server_config()
     if config.prefill_warm_start or config.svd_warm_start:
         raise RuntimeError(
@@ -52,8 +54,10 @@ def bind_model(result, runner):
     model_config = runner.model_config
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     taps = configure_taps(runner.model, config, layers, hidden)
-    explorer = Explorer(config, hidden, runner.model.lm_head.weight, device=runner.device)
+    # Under --tp-size > 1 the LM head is vocab-sharded; the Explorer gets the whole table.
+    explorer = Explorer(config, hidden, full_lm_head_weight(runner.model.lm_head), device=runner.device)
     STATE.runtime = runner.sampler.runtime = ESampRuntime(config, explorer, taps)
+    STATE.runtime.dp_rank = get_parallel().dp_rank
     logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g)",
                 taps.capture_indices, config.max_groups, config.rule, config.beta)
     return result

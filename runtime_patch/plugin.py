@@ -45,7 +45,7 @@ def _register_resolution_hooks() -> None:
 def _register_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from runtime_patch import hooks, taps
+    from runtime_patch import dp_routing, hooks, taps
 
     after, around = HookType.AFTER, HookType.AROUND
     for target, fn, kind in (
@@ -64,6 +64,9 @@ def _register_hooks() -> None:
          ".is_request_level_customized_info_key", hooks.telemetry_is_request_level, around),
         ("sglang.srt.sampling.sampling_params.SamplingParams.verify", hooks.validate_custom_params, after),
         ("sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object", hooks.stamp_group, after),
+        # after stamp_group (AFTER hooks run in registration order): routes by the stamped group id
+        ("sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object",
+         dp_routing.route_group_to_dp_rank, after),
         ("sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._build_chat_response",
          hooks.chat_response_telemetry, after),
     ):

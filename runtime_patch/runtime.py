@@ -46,6 +46,7 @@ class ESampRuntime:
         self.members: dict[str, Member] = {}  # rid -> membership
         self.stock_groups: dict[str, int] = {}  # group -> members, for groups refused a slot
         self.steps = 0
+        self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @staticmethod
@@ -133,4 +134,5 @@ class ESampRuntime:
             "stock_groups": len(self.stock_groups),
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
+            "dp_rank": self.dp_rank,
         }

@@ -58,6 +58,9 @@ class ESampSampler(Sampler):
                 stock_ids = ids
                 ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
                                     lambda: stock_ids)
+                # The parent's TP token sync ran on the stock ids; sync the explored ones too (a no-op
+                # unless SYNC_TOKEN_IDS_ACROSS_TP, which the esamp backend requires under --tp-size > 1).
+                self._sync_token_ids_across_tp(ids, sampling_info)
             if self.runtime is not None:
                 self.runtime.steps += 1
             return ids

@@ -1,0 +1,63 @@
+"""`--sampling-backend esamp --tp-size 2` on a real SGLang server.
+
+Runs on CPU (two gloo ranks sharing the cores; `esamp_sgl.parallel.parallel_env` supplies what SGLang
+0.5.23 needs there) and on a machine with at least 2 GPUs; skipped with 1 GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import torch
+
+from esamp_sgl.parallel import parallel_args, parallel_env
+from esamp_sgl.server import SGLangServer, cuda_available
+
+pytestmark = pytest.mark.e2e
+
+TP_SIZE = 2
+N = 4
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def tp_server(model_path, tmp_path_factory):
+    on_cpu = not cuda_available()
+    if not on_cpu and torch.cuda.device_count() < TP_SIZE:
+        pytest.skip(f"--tp-size {TP_SIZE} on CUDA needs {TP_SIZE} GPUs")
+    log = tmp_path_factory.mktemp("server") / "sglang-esamp-tp2.log"
+    server = SGLangServer(model_path, sampling_backend="esamp", log_path=log, startup_timeout=420,
+                          env=parallel_env(tp_size=TP_SIZE, on_cpu=on_cpu, esamp=True),
+                          extra_args=[*parallel_args(tp_size=TP_SIZE, on_cpu=on_cpu), "--random-seed", "1234"])
+    with server:
+        yield server
+
+
+def test_every_tp_rank_binds_the_full_lm_head(tp_server, model_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    full = f"full ({config.vocab_size}, {config.hidden_size})"
+    log = tp_server.log_path.read_text(errors="replace")
+    for rank in range(TP_SIZE):
+        assert f"TP{rank}] esamp: LM head assembled from {TP_SIZE} TP shards" in log
+        assert f"TP{rank}] esamp: ready" in log
+    assert log.count(full) == TP_SIZE, "each rank's Explorer must see the whole vocabulary"
+
+
+def test_explore_under_tensor_parallelism(tp_server, chat_prompt):
+    body = {"text": chat_prompt("Name three animals."),
+            "sampling_params": {"n": N, "max_new_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 1.0,
+                                "min_p": 0.05, "custom_params": {"esamp": True, "esamp_beta": 1.0}}}
+    response = requests.post(tp_server.url + "/generate", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    outs = response.json()
+    telemetry = [o["meta_info"]["esamp"][0] for o in outs]
+    assert len({t["group"] for t in telemetry}) == 1 and all(t["status"] == "ok" for t in telemetry)
+    last = max(telemetry, key=lambda t: t["predictions"])
+    generated = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    assert generated <= last["predictions"] <= generated + N
+    # Every predicted row was reweighted: with a shard-sized LM head, candidate ids past the shard
+    # would fail the step and fall back to stock sampling (logged as "exploration step failed").
+    assert last["tokens_reweighted"] == last["predictions"]
+    assert "exploration step failed" not in tp_server.log_path.read_text(errors="replace")
