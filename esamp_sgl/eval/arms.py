@@ -99,14 +99,13 @@ MINP = "min_p=0.05"
 PRESETS: dict[str, list[str]] = {
     # The CPU study in the README: the stock curves, every ESamp family, both controls, the baseline.
     "diversity": (
-        [f"stock:T={t},{MINP}" for t in (0.7, 0.9, 1.1, 1.3)]
+        [f"stock:T={t},{MINP}" for t in (0.7, 1.0, 1.3)]
         + [f"stock:T={t},top_p=0.95" for t in (0.8, 1.2)]
         + ["stock:T=1.0"]
-        + [f"esamp:rule=contrastive,beta={b},{MINP}" for b in (0.5, 1)]
+        + [f"esamp:rule=contrastive,beta=1,{MINP}"]
         + [f"esamp:rule=compensated,beta={b},{MINP}" for b in (1, 3)]
         + [f"frozen:rule=compensated,beta=3,{MINP}", f"sharpen:beta=1,{MINP}"]
-        + [f"presence:beta={b},{MINP}" for b in (0.5, 1.5, 3)]
-        + [f"frequency:beta=0.5,{MINP}"]
+        + [f"presence:beta={b},{MINP}" for b in (1, 3)]
     ),
     "passk": (
         [f"stock:T={t},{MINP}" for t in (0.7, 1.0)]

@@ -73,8 +73,10 @@ def diversity_main(argv: list[str]) -> int:
                         help="'creative' (30 bundled prompts) or a file: one per line, or JSONL with 'prompt'")
     parser.add_argument("--limit", type=int, help="use the first N prompts")
     parser.add_argument("--replicates", type=int, default=2, help="independent repeats of every job (default 2)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished jobs in OUTPUT/generations.jsonl (same arguments) and run the rest")
     parser.add_argument("--from-raw", metavar="RAW_JSON",
-                        help="skip generation: re-score the raw.json of an earlier run with the same arguments")
+                        help="skip generation: re-score an earlier run's raw.json or (partial) generations.jsonl")
     _common(parser, "diversity", n=8, max_tokens=48)
     args = parser.parse_args(argv)
     _check(parser, args, {"n": (2, 64), "max_tokens": (1, 4096), "concurrency": (1, 256),
@@ -93,18 +95,32 @@ def diversity_main(argv: list[str]) -> int:
     embedder = SentenceEmbedder()  # fail before the long run if the embedding model is missing
     out = Path(args.output)
     started = time.time()
-    if args.from_raw:  # re-score and re-analyse a finished run's generations
-        raw = json.loads(Path(args.from_raw).read_text())
-        results, model, server_info = raw["results"], raw["model"], raw["server"]
+    if args.from_raw:  # re-score and re-analyse a run's generations (raw.json, or a partial journal)
+        source = Path(args.from_raw)
+        if source.suffix == ".jsonl":
+            from esamp_sgl.models import resolve_model_path
+
+            results = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+            model, server_info = resolve_model_path(args.model_path), {"journal": str(source)}
+        else:
+            raw = json.loads(source.read_text())
+            results, model, server_info = raw["results"], raw["model"], raw["server"]
+        wanted = {a.name for a in args.arm_list}
+        results = [r for r in results if r["arm"] in wanted and r["prompt"] < len(prompts)]
     else:
         with _server(args) as (url, model, server_info):
             tok = AutoTokenizer.from_pretrained(model)
             prompt_ids = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
                                                   add_generation_prompt=True, return_dict=False) for p in prompts]
             total = len(prompts) * len(args.arm_list) * args.replicates
+            out.mkdir(parents=True, exist_ok=True)
+            journal = out / "generations.jsonl"
+            if journal.exists() and not args.resume:
+                journal.unlink()
             with _bar(total, "diversity") as bar:
                 results = diversity.generate_all(ServerClient(url), prompt_ids, args.arm_list, args.n,
-                                                 args.max_tokens, args.replicates, args.concurrency, bar.update)
+                                                 args.max_tokens, args.replicates, args.concurrency, bar.update,
+                                                 journal=journal)
         # The generations are the expensive part: keep them before anything else can fail.
         report.write_json(out / "raw.json", {"model": str(model), "server": server_info, "results": results})
     records = diversity.score(results, prompts, embedder)

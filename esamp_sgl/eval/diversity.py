@@ -11,9 +11,12 @@ generator. Replicates and per-prompt pairing carry the comparison instead.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,28 +33,43 @@ TELEMETRY_FIELDS = ("steps_trained", "mean_loss", "r2", "corr_d_z")
 
 def generate_all(client: ServerClient, prompt_ids: Sequence[list[int]], arms: Sequence[Arm], n: int,
                  max_tokens: int, replicates: int, concurrency: int,
-                 progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """One job per (replicate, prompt, arm): generate n samples, score their NLL."""
+                 progress: Callable[[], None] | None = None, journal: Path | None = None) -> list[dict[str, Any]]:
+    """One job per (replicate, prompt, arm): generate n samples, score their NLL. With `journal`,
+    every finished job is appended to that JSONL file at once, and jobs already in it are not run
+    again (an interrupted run resumes; the replicate-major order makes a partial run balanced)."""
+    done: dict[tuple[int, int, str], dict[str, Any]] = {}
+    if journal is not None and journal.exists():
+        for line in journal.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["replicate"], r["prompt"], r["arm"])] = r
     jobs = []
     for rep in range(replicates):
         for p in range(len(prompt_ids)):
             shift = (rep * len(prompt_ids) + p) % len(arms)  # rotate so no arm always goes first
-            jobs += [(rep, p, arm) for arm in list(arms[shift:]) + list(arms[:shift])]
+            jobs += [(rep, p, arm) for arm in list(arms[shift:]) + list(arms[:shift])
+                     if (rep, p, arm.name) not in done]
+    lock = threading.Lock()
 
     def run(job: tuple[int, int, Arm]) -> dict[str, Any]:
         rep, p, arm = job
         gen: Generation = client.generate(prompt_ids[p], n, max_tokens, arm.sampling_params())
         nlls = client.nll(prompt_ids[p], [s.output_ids for s in gen.samples])
+        result = {"arm": arm.name, "replicate": rep, "prompt": p,
+                  "texts": [s.text for s in gen.samples],
+                  "output_ids": [s.output_ids for s in gen.samples],
+                  "finish": [s.finish for s in gen.samples], "sample_nll": nlls,
+                  "telemetry": gen.telemetry}
+        if journal is not None:
+            with lock, journal.open("a") as f:
+                f.write(json.dumps(result) + "\n")
         if progress:
             progress()
-        return {"arm": arm.name, "replicate": rep, "prompt": p,
-                "texts": [s.text for s in gen.samples],
-                "output_ids": [s.output_ids for s in gen.samples],
-                "finish": [s.finish for s in gen.samples], "sample_nll": nlls,
-                "telemetry": gen.telemetry}
+        return result
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(run, jobs))
+        fresh = list(pool.map(run, jobs))
+    return list(done.values()) + fresh
 
 
 def score(results: list[dict[str, Any]], prompts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray]) -> list[dict[str, Any]]:
