@@ -35,6 +35,16 @@ class StepBatch:
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
     train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
 
+    def take(self, rows: Tensor) -> "StepBatch":
+        """The batch restricted to `rows` (a host read of `rows` for per-row rule names)."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, rows)
+        rules = self.rules if isinstance(self.rules, str) else [self.rules[i] for i in rows.tolist()]
+        return StepBatch(pick(self.logits), pick(self.temperatures), pick(self.top_k), pick(self.top_p),
+                         pick(self.min_p), pick(self.is_greedy), pick(self.slots), pick(self.betas),
+                         pick(self.source), pick(self.target), self.any_active, rules, pick(self.probs),
+                         pick(self.train))
+
 
 @dataclass
 class RowFilters:
@@ -70,6 +80,12 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     tokens = stock_sample()
     if not batch.any_active:
         return tokens
+    if ex.trim_candidates:  # CPU, where host reads are free: do the work for the exploring rows only
+        rows = (batch.slots >= 0).nonzero().squeeze(1)
+        if rows.numel() < tokens.numel():
+            tokens = tokens.clone()
+            tokens[rows] = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
+            return tokens
     cfg = ex.config
     has_slot = batch.slots >= 0
 
