@@ -83,13 +83,17 @@ def test_sigterm_mid_generation_exits_within_the_bound(small_bank_server, chat_p
         except requests.RequestException as exc:
             outcomes.append(type(exc).__name__)
 
+    def prefills() -> int:
+        return small_bank_server.log_path.read_text().count("Prefill batch")
+
+    before = prefills()
     clients = [threading.Thread(target=long_request, args=(i,)) for i in range(MAX_GROUPS + 2)]
     for client in clients:
         client.start()
     deadline = time.monotonic() + 120
-    while "Decode batch" not in small_bank_server.log_path.read_text() and time.monotonic() < deadline:
+    while prefills() == before and time.monotonic() < deadline:  # scheduled: they decode from now on
         time.sleep(0.5)
-    time.sleep(2.0)  # well inside decoding
+    time.sleep(3.0)  # inside decoding (4000 tokens each: they cannot finish before the signal)
 
     process = small_bank_server.process
     started = time.monotonic()
@@ -102,7 +106,7 @@ def test_sigterm_mid_generation_exits_within_the_bound(small_bank_server, chat_p
     for client in clients:
         client.join(SHUTDOWN_BOUND_S)
     assert not any(client.is_alive() for client in clients), "a client hung after the server stopped"
-    assert len(outcomes) == len(clients)
+    assert len(outcomes) == len(clients) and "200" not in outcomes  # they were stopped mid-generation
     for pid in schedulers:  # no orphaned scheduler keeps the model (and the port's work) alive
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     print(f"server exited {exited_s:.1f} s after SIGTERM; clients: {outcomes}")
