@@ -52,6 +52,10 @@ def parallel_env(*, dp_size: int = 1, tp_size: int = 1, on_cpu: bool, esamp: boo
     ranks = dp_size * tp_size
     if on_cpu and ranks > 1:
         env.setdefault("SGLANG_CPU_OMP_THREADS_BIND", cpu_threads_bind(ranks))
+        # SGLang applies that binding only through sgl-kernel's AMX path (`init_cpu_threads_env`); without
+        # it every rank starts torch with one thread per CPU, and N ranks x all CPUs oversubscribe the
+        # cores (OpenMP spin-waits then stall every step). One rank's share of the CPUs each:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // ranks)))
     if on_cpu and tp_size > 1:
         env.setdefault("SGLANG_NCCL_SO_PATH", NO_NCCL)
     if esamp and tp_size > 1:

@@ -56,10 +56,14 @@ def bench_size(model_path: str, dp_size: int, args: argparse.Namespace, log_dir:
     from esamp_sgl.server import SGLangServer, cuda_available
 
     on_cpu = not cuda_available()
+    env = parallel_env(dp_size=dp_size, on_cpu=on_cpu, esamp=True)
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)  # per process, i.e. per rank
     server = SGLangServer(model_path, sampling_backend="esamp", startup_timeout=600,
                           log_path=log_dir / f"sglang-dp{dp_size}.log",
-                          env=parallel_env(dp_size=dp_size, on_cpu=on_cpu, esamp=True),
+                          env=env,
                           extra_args=[*parallel_args(dp_size=dp_size, on_cpu=on_cpu), "--random-seed", "1234"])
+    load_before = os.getloadavg()
     with server:
         run_workload(server.url, min(args.prompts, 2 * dp_size), 2, 8, "warmup")  # every rank, untimed
         rounds = [run_workload(server.url, args.prompts, args.n, args.max_tokens, f"{dp_size}-{r}")
@@ -67,7 +71,11 @@ def bench_size(model_path: str, dp_size: int, args: argparse.Namespace, log_dir:
         print(f"dp {dp_size}: " + ", ".join(f"{r['tokens_per_s']} tok/s" for r in rounds), file=sys.stderr)
         return {"dp_size": dp_size, "server_startup_s": round(server.startup_seconds, 1), "rounds": rounds,
                 "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
-                "env": {k: v for k, v in server.env.items() if k.startswith(("SGLANG_CPU_OMP", "SGLANG_USE_CPU"))}}
+                # Other processes on the machine skew every number: the 1/5/15-min load averages.
+                "load_avg_before": [round(x, 2) for x in load_before],
+                "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+                "env": {k: v for k, v in server.env.items()
+                        if k.startswith(("SGLANG_CPU_OMP", "SGLANG_USE_CPU", "OMP_NUM_THREADS"))}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--omp-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of every rank (default: SGLang's for 1 rank, the CPUs / ranks for more)")
     parser.add_argument("--output", required=True, help="directory for dp.json and the server logs")
     args = parser.parse_args(argv)
 
@@ -91,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     base = sizes[0]["median_tokens_per_s"]
     report = {
         "command": "python -m esamp_sgl.bench.dp " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "omp_threads_per_rank": args.omp_threads or "default",
         "workload": {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "rounds": args.rounds,
                      "esamp": True, "groups": args.prompts},
         "machine": {"cpus": len(os.sched_getaffinity(0))},
