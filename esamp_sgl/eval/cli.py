@@ -51,11 +51,17 @@ def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any
         return
     from esamp_sgl.server import SGLangServer
 
-    # SIGTERM would end this process without leaving the `with`, orphaning the server (it runs in
-    # its own session): turn it into SystemExit so the server is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = SGLangServer(model, sampling_backend="esamp")
+
+    def on_sigterm(*_: object) -> None:
+        # The server runs in its own session, so SIGTERM here would orphan it; stopping it also
+        # fails the requests in flight, which lets the worker threads (and this process) finish.
+        server.stop()
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     print(f"starting SGLang (--sampling-backend esamp) on {model} ...", file=sys.stderr)
-    with SGLangServer(model, sampling_backend="esamp") as server:
+    with server:
         yield server.url, model, {"started_by_eval": True, "startup_s": server.startup_seconds}
 
 
