@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class Outcome:
     aborted_by_server: int = 0  # samples whose finish reason is "abort"
     telemetry_checked: int = 0
     telemetry_errors: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)  # telemetry status of each completed exploring sample
     seconds: float = 0.0
 
 
@@ -226,8 +228,9 @@ def run_call(url: str, call: Call, request_timeout: float, rng_seed: int) -> Out
                 problems = check_telemetry(call, out)
                 outcome.telemetry_checked += call.explore
                 outcome.telemetry_errors += problems
-                reports = (out.get("meta_info") or {}).get("esamp") or []
-                groups.update(r.get("group") for r in reports if isinstance(r, dict))
+                reports = [r for r in (out.get("meta_info") or {}).get("esamp") or [] if isinstance(r, dict)]
+                groups.update(r.get("group") for r in reports)
+                outcome.statuses += [str(r.get("status")) for r in reports]
             if call.explore and len(groups) > 1:  # the n samples of one call share one group
                 outcome.telemetry_errors.append(f"samples of one call report groups {sorted(map(str, groups))}")
         else:
@@ -378,6 +381,7 @@ def soak(url: str, *, requests_total: int = 200, groups: int = 50, concurrency: 
         "telemetry_checked": sum(o.telemetry_checked for o in outcomes.values()),
         "errors": sum(o.error is not None for o in outcomes.values()),
         "skipped": sum((o.error or "").startswith("skipped") for o in outcomes.values()),
+        "telemetry_statuses": dict(Counter(s for o in outcomes.values() for s in o.statuses)),
     }
     return {
         "settings": {"url": url, "requests": requests_total, "groups": groups, "concurrency": concurrency,

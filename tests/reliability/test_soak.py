@@ -36,6 +36,7 @@ def test_soak_leaves_no_group_state_and_bounded_memory(esamp_server):
     assert report["violations"] == []
     counts = report["counts"]
     assert counts["aborted_calls"] > 0 and counts["completed"] > 0 and counts["telemetry_checked"] > 0
+    assert counts["telemetry_statuses"] == {"ok": counts["telemetry_checked"]}  # 10 groups, 64 slots, no faults
     assert report["slots_leaked"] == 0 and report["server_after"]["members"] == 0
     assert report["rss_delta_mib"] is not None and report["scheduler_pids"]
     assert report["failed_steps_logged"] == 0
