@@ -12,6 +12,17 @@ from esamp_sgl.models import prepare_model
 SERVER_SEED = 1234
 
 
+@pytest.fixture
+def one_intra_op_thread():
+    """Small-tensor tests: one intra-op thread avoids spin-waiting when the machine is busy; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The SmolLM2 HF folder (prepared by scripts/setup.sh; prepared here if missing), or $ESAMP_SGL_TEST_MODEL."""

@@ -1,13 +1,8 @@
-"""Core tests use small tensors: one intra-op thread avoids spin-waiting when the machine is busy.
-Restored after each test so that other test directories in the same session are unaffected."""
+"""Core tests use small tensors: one intra-op thread (the shared fixture in tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_intra_op_thread(one_intra_op_thread):
     yield
-    torch.set_num_threads(before)

@@ -11,10 +11,8 @@ import concurrent.futures
 
 import pytest
 import requests
-import torch
 
-from esamp_sgl.parallel import parallel_args, parallel_env
-from esamp_sgl.server import SGLangServer, cuda_available
+from parallel_server import parallel_server
 from runtime_patch.dp_routing import dp_rank_for_group
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +26,7 @@ NAMED_GROUPS = [f"dp-test-{i}" for i in range(4)]
 
 @pytest.fixture(scope="module")
 def dp_server(model_path, tmp_path_factory):
-    on_cpu = not cuda_available()
-    if not on_cpu and torch.cuda.device_count() < DP_SIZE:
-        pytest.skip(f"--dp-size {DP_SIZE} on CUDA needs {DP_SIZE} GPUs")
-    log = tmp_path_factory.mktemp("server") / "sglang-esamp-dp2.log"
-    server = SGLangServer(model_path, sampling_backend="esamp", log_path=log, startup_timeout=420,
-                          env=parallel_env(dp_size=DP_SIZE, on_cpu=on_cpu, esamp=True),
-                          extra_args=[*parallel_args(dp_size=DP_SIZE, on_cpu=on_cpu), "--random-seed", "1234"])
-    with server:
-        yield server
+    yield from parallel_server(model_path, tmp_path_factory, dp_size=DP_SIZE)
 
 
 def generate(server, text: str, timeout: float = 600, **params) -> list[dict]:

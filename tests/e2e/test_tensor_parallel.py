@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-import torch
 
-from esamp_sgl.parallel import parallel_args, parallel_env
-from esamp_sgl.server import SGLangServer, cuda_available
+from parallel_server import parallel_server
 
 pytestmark = pytest.mark.e2e
 
@@ -22,15 +20,7 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def tp_server(model_path, tmp_path_factory):
-    on_cpu = not cuda_available()
-    if not on_cpu and torch.cuda.device_count() < TP_SIZE:
-        pytest.skip(f"--tp-size {TP_SIZE} on CUDA needs {TP_SIZE} GPUs")
-    log = tmp_path_factory.mktemp("server") / "sglang-esamp-tp2.log"
-    server = SGLangServer(model_path, sampling_backend="esamp", log_path=log, startup_timeout=420,
-                          env=parallel_env(tp_size=TP_SIZE, on_cpu=on_cpu, esamp=True),
-                          extra_args=[*parallel_args(tp_size=TP_SIZE, on_cpu=on_cpu), "--random-seed", "1234"])
-    with server:
-        yield server
+    yield from parallel_server(model_path, tmp_path_factory, tp_size=TP_SIZE)
 
 
 def test_every_tp_rank_binds_the_full_lm_head(tp_server, model_path):

@@ -23,12 +23,7 @@ H, V = 16, 300
 ROWS_PER_GROUP = 2
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _runtime() -> ESampRuntime:
