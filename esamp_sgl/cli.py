@@ -42,7 +42,7 @@ def _bench_main(name: str):
     import importlib
 
     module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving",
-              "soak": "esamp_sgl.bench.soak"}[name]
+              "soak": "esamp_sgl.bench.soak", "dp": "esamp_sgl.bench.dp"}[name]
     return importlib.import_module(module).main
 
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub.add_parser("core", help="per-step cost of predict+reweight+train vs the stock sampler")
     bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved")
     bench_sub.add_parser("soak", help="mixed load with client aborts on one real server; checks nothing leaks")
+    bench_sub.add_parser("dp", help="throughput of 1 vs 2 data-parallel ranks with group-affine routing")
 
     evaluation = sub.add_parser("eval", help="diversity/quality and pass@k of stock vs ESamp arms; "
                                              "`esamp-sgl eval NAME --help`")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak"):
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak", "dp"):
         return _bench_main(argv[1])(argv[2:])
     if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("diversity", "passk"):
         from esamp_sgl.eval.cli import main as eval_main

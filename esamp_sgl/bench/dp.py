@@ -79,7 +79,7 @@ def bench_size(model_path: str, dp_size: int, args: argparse.Namespace, log_dir:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m esamp_sgl.bench.dp", description=__doc__,
+    parser = argparse.ArgumentParser(prog="esamp-sgl bench dp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", help="default: the prepared SmolLM2 (esamp-sgl models path)")
     parser.add_argument("--dp-sizes", type=int, nargs="+", default=[1, 2])
