@@ -32,8 +32,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=0.05, help="min-p filter, both arms (default 0.05)")
     parser.add_argument("--top-p", type=float, default=1.0, help="top-p filter, both arms (default 1.0 = off)")
     parser.add_argument("--beta", type=float, default=1.0, help="ESamp strength β for the ESamp arm (default 1.0)")
-    parser.add_argument("--rule", choices=("contrastive", "compensated"), default="contrastive",
-                        help="ESamp reweighting rule (default contrastive, the paper's)")
+    parser.add_argument("--rule", choices=("contrastive", "compensated"), default="compensated",
+                        help="ESamp reweighting rule (default compensated, the server default; "
+                             "contrastive = the paper's)")
     parser.add_argument("--model-path", help="any HF model folder (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE")
 

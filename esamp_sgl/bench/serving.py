@@ -135,7 +135,10 @@ def run(url: str, prompts: int, n: int, max_tokens: int, rounds: int, temperatur
         "esamp": (texts, {**base, "n": n, "custom_params": {"esamp": True}}),
         "esamp_frozen": (texts, {**base, "n": n, "custom_params": {"esamp": True, "esamp_train": False}}),
     }
-    _concurrent(url, texts[:2], {**base, "max_new_tokens": 8, "n": 2})  # warm-up (not timed)
+    # Warm-up (not timed), for every arm's code path: the first ESamp steps (first training step,
+    # allocator growth) would otherwise land in round 1 of the esamp arm only.
+    for _, params in arms.values():
+        _concurrent(url, texts[:2], {**params, "max_new_tokens": 8, "n": 2})
     rates: dict[str, list[float]] = {name: [] for name in arms}
     gaps: dict[str, list[float]] = {name: [] for name in arms}
     peak: dict[str, float] = {name: 0.0 for name in arms}

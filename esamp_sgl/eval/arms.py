@@ -108,9 +108,10 @@ PRESETS: dict[str, list[str]] = {
         + [f"presence:beta={b},{MINP}" for b in (1, 3)]
     ),
     "passk": (
-        [f"stock:T={t},{MINP}" for t in (0.7, 1.0)]
-        + [f"esamp:rule=contrastive,beta=1,{MINP}", f"esamp:rule=compensated,beta=3,{MINP}"]
-        + [f"presence:beta=1.5,{MINP}"]
+        [f"stock:T={t},{MINP}" for t in (0.7, 1.0, 1.3)]
+        + [f"esamp:rule=contrastive,beta=1,{MINP}"]
+        + [f"esamp:rule=compensated,beta={b},{MINP}" for b in (1, 3)]
+        + [f"presence:beta=3,{MINP}"]
     ),
     "quick": [f"stock:T=1.0,{MINP}", f"stock:T=1.3,{MINP}", f"esamp:rule=compensated,beta=3,{MINP}",
               f"presence:beta=1.5,{MINP}"],

@@ -201,7 +201,8 @@ def passk_main(argv: list[str]) -> int:
     parser.add_argument("--task", default="arithmetic",
                         help="'arithmetic' (generated) or a JSONL file with 'prompt' and 'answer' or 'tests'")
     parser.add_argument("--count", type=int, default=40, help="arithmetic: number of problems (default 40)")
-    parser.add_argument("--difficulty", type=int, default=3, help="arithmetic: 1-5 (default 3)")
+    parser.add_argument("--difficulty", type=int, default=1,
+                        help="arithmetic: 1-5 (default 1: SmolLM2-135M greedy accuracy 22.5%% on 40 tasks)")
     parser.add_argument("--seed", type=int, default=0, help="arithmetic: generator seed (default 0)")
     parser.add_argument("--k", default=None, help="comma-separated k values (default: powers of 2 up to n)")
     parser.add_argument("--stop", default=None,

@@ -112,7 +112,7 @@ def analyze(records: list[dict[str, Any]], arms: Sequence[Arm]) -> dict[str, Any
         "matched_nll_gain": {},
         "contrasts": {},
     }
-    for metric in ("vendi", "cos_dist", "distinct_2", "rep3"):
+    for metric in ("vendi", "cos_dist", "distinct_2", "rep3", "on_topic"):
         for family, ref_arms in references.items():
             gains = {}
             for arm in names:

@@ -12,7 +12,7 @@ from esamp_sgl.groups import GroupTable
 
 def test_defaults_are_valid_and_documented_values():
     c = ESampConfig()
-    assert (c.beta, c.rule, c.rank, c.lr, c.optimizer) == (0.5, "contrastive", 64, 1e-3, "adam")
+    assert (c.beta, c.rule, c.rank, c.lr, c.optimizer) == (1.0, "compensated", 64, 1e-3, "adam")
     assert (c.source_layer, c.source_site, c.target_site) == (2, "residual", "final_norm")
     assert (c.max_groups, c.bank_full_policy, c.apply_to_greedy) == (64, "stock", False)
     assert not (c.prefill_warm_start or c.svd_warm_start) and c.training

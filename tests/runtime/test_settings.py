@@ -15,7 +15,7 @@ def test_defaults_file_and_env_override(tmp_path):
     config = load_server_config({"ESAMP_SGL_CONFIG": str(path), "ESAMP_SGL_BETA": "2.5",
                                  "ESAMP_SGL_APPLY_TO_GREEDY": "true"})
     assert (config.beta, config.rule, config.max_groups, config.apply_to_greedy) == (2.5, "compensated", 16, True)
-    assert load_server_config({}).beta == 0.5
+    assert load_server_config({}).beta == 1.0
 
 
 @pytest.mark.parametrize("env, field", [
