@@ -62,9 +62,7 @@ def frontier_plot(path: Path, points: dict[str, tuple[float, float]], families: 
             ax.errorbar(xs, ys, xerr=[errors[a][0] for a in arms], yerr=[errors[a][1] for a in arms],
                         fmt="none", alpha=0.3, color=ax.lines[-1].get_color())
         for a, x, y in zip(arms, xs, ys):
-            ax.annotate(a.split("-T")[0].replace("stock", f"T{a.split('-T')[1].split('-')[0]}")
-                        if a.startswith("stock") else a.split("-T")[0], (x, y), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_short_label(a), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if front:
         fx, fy = [points[a][0] for a in front], [points[a][1] for a in front]
         ax.plot(fx, fy, "k:", linewidth=1.2, label="Pareto frontier")
@@ -78,6 +76,12 @@ def frontier_plot(path: Path, points: dict[str, tuple[float, float]], families: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _short_label(arm: str) -> str:
+    """'stock-T0.7-minp0.05' -> 'T0.7' (the family is in the legend); others drop the settings."""
+    head, _, rest = arm.partition("-T")
+    return "T" + rest.split("-")[0] if head == "stock" else head
 
 
 def passk_plot(path: Path, curves: dict[str, dict[int, float]], title: str = "") -> None:
