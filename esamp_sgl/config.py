@@ -122,6 +122,7 @@ _FLOATS: dict[str, tuple[float, float, bool]] = {  # name: (lo, hi, lo_open)
 _INTS: dict[str, tuple[int, int]] = {
     "rank": (1, 8192),
     "train_steps_per_decode": (1, 64),
+    "min_train_steps": (0, 1_000_000),
     "source_layer": (0, 1023),
     "max_groups": (1, 1 << 16),
     "warm_start_steps": (1, 10_000),
@@ -155,6 +156,11 @@ class ESampConfig(BaseModel):
     weight_decay: float = 0.0
     train_steps_per_decode: int = 1
     training: bool = True  # False = frozen distiller (predict only; warm starts still apply)
+    # Reweight a group's rows only once its Distiller has taken this many training steps (groups
+    # that do not train are not gated); 0: from the first token. Tested as a fix for ESamp's lower
+    # pass@k on short arithmetic answers (at the first token all members share one state, so an
+    # untrained d is one shared bias): 1 did not help there (README, pass@k), so 0 stays the default.
+    min_train_steps: int = 0
     # -- taps (the engine captures them; the core only receives [rows, H] tensors) ----------------
     source_layer: int = 2  # index of the layer whose *input* residual stream is the source
     source_site: Literal["residual", "first_input_norm"] = "residual"

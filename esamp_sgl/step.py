@@ -112,6 +112,9 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     esamp_tokens = sample_candidates(scores, cand.ids, batch.is_greedy, ex.generator, ex.backend)
     reweighted = (has_slot & (batch.betas > 0) & torch.isfinite(h_hat).all(-1)
                   & (~batch.is_greedy | cfg.apply_to_greedy))
+    if cfg.min_train_steps:  # nothing explored yet -> nothing to steer away from
+        learned = ex.trainer.step_count.index_select(0, batch.slots.clamp(min=0)) >= cfg.min_train_steps
+        reweighted &= learned if batch.train is None else learned | ~batch.train
     tokens = torch.where(reweighted, esamp_tokens.to(tokens.dtype), tokens)
 
     # 6. Telemetry, then train on this step's pairs (after sampling; may run asynchronously).

@@ -238,6 +238,22 @@ def test_frozen_rows_do_not_train_their_group():
     assert all(torch.equal(v[frozen], before[k]) for k, v in ex.bank.params.items())
 
 
+def test_min_train_steps_keeps_a_group_stock_until_its_distiller_has_trained():
+    ex = _explorer(min_train_steps=2)
+    a = ex.acquire_group("a")
+    gen = torch.Generator().manual_seed(47)
+    for step in range(4):
+        batch = _batch(gen, [a, a, a], [3.0, 3.0, 3.0])
+        state = gen.get_state()
+        stock = _stock(batch, gen)()
+        gen.set_state(state)
+        tokens = explore_step(ex, batch, _stock(batch, gen))
+        reweighted = ex.telemetry("a")["tokens_reweighted"]
+        if step < 2:  # 0 and 1 training steps taken before this step: stock tokens, none reweighted
+            assert torch.equal(tokens, stock) and reweighted == 0
+    assert reweighted > 0 and ex.telemetry("a")["steps_trained"] == 4
+
+
 def test_explore_step_under_inference_mode():
     with torch.inference_mode():
         ex = _explorer()
