@@ -17,6 +17,8 @@ import textwrap
 import time
 from typing import Any
 
+from esamp_sgl.eval.metrics import distinct_n
+
 DEFAULT_PROMPTS = (
     "Invent a name and a one-line description for a new board game.",
     "Write the first sentence of a story about a lighthouse keeper.",
@@ -37,12 +39,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "contrastive = the paper's)")
     parser.add_argument("--model-path", help="any HF model folder (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE")
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique word n-grams / all word n-grams across the set (1.0 = no n-gram repeated)."""
-    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def _chat(tokenizer, question: str) -> list[int]:

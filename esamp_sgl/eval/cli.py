@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from esamp_sgl.eval import report
+from esamp_sgl.eval.analysis import pareto_front
 from esamp_sgl.eval.arms import PRESETS, parse_arms
 
 
@@ -152,8 +153,6 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
                                ("cos_dist", "mean pairwise cosine distance (MiniLM)", "cosdist_vs_nll.png")):
         points = {a.name: (summary[a.name]["nll"]["mean"], summary[a.name][metric]["mean"]) for a in arms}
         errors = {a.name: (summary[a.name]["nll"]["sem"], summary[a.name][metric]["sem"]) for a in arms}
-        from esamp_sgl.eval.analysis import pareto_front
-
         report.frontier_plot(out / png, points, families, pareto_front(points), errors, y_label=label,
                              title=f"{len(config['prompts'])} prompts × n={config['n']} × {config['max_tokens']} tokens, "
                                    f"{config['replicates']} replicates (mean ± s.e. over prompts)")
@@ -238,11 +237,7 @@ def passk_main(argv: list[str]) -> int:
             prompt_ids = [tok.encode(t["prompt"]) for t in tasks]
         with _bar(len(tasks) * (len(args.arm_list) + 1), "pass@k") as bar:
             result = passk.run(ServerClient(url), tasks, prompt_ids, args.arm_list, args.n, args.max_tokens,
-                               stop, args.concurrency, bar.update)
-    if ks:
-        for arm in result["summary"].values():
-            arm["pass_at_k"] = {k: v for k, v in arm["pass_at_k"].items() if k in ks}
-        result["ks"] = ks
+                               stop, args.concurrency, bar.update, ks=ks)
     config = {"command": "esamp-sgl eval " + " ".join(["passk"] + argv), "model": str(model),
               "task": args.task, "count": len(tasks), "difficulty": args.difficulty, "seed": args.seed,
               "n": args.n, "max_tokens": args.max_tokens, "stop": stop, "server": server_info,

@@ -35,7 +35,8 @@ def _answer_key(task: dict[str, Any], text: str) -> str:
 
 def run(client: ServerClient, tasks: Sequence[dict[str, Any]], prompt_ids: Sequence[list[int]],
         arms: Sequence[Arm], n: int, max_tokens: int, stop: Sequence[str] | None, concurrency: int,
-        progress: Callable[[], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[], None] | None = None, ks: Sequence[int] | None = None) -> dict[str, Any]:
+    """ks: the k of pass@k (default: powers of 2 up to n)."""
     verifiers = [verifier_for(t) for t in tasks]
     jobs = [(t, arm) for t in range(len(tasks)) for arm in arms] + [(t, None) for t in range(len(tasks))]
 
@@ -63,7 +64,7 @@ def run(client: ServerClient, tasks: Sequence[dict[str, Any]], prompt_ids: Seque
             "distinct_correct": len({k for k, v in zip(keys, verdicts) if v.passed}),
             "majority_correct": bool(verdicts[keys.index(Counter(keys).most_common(1)[0][0])].passed),
         }
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+    ks = list(ks) if ks else [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
     summary = {}
     for arm in arms:
         rows = per_task[arm.name]
