@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
 import torch
@@ -37,13 +37,10 @@ class StepBatch:
 
     def take(self, rows: Tensor) -> "StepBatch":
         """The batch restricted to `rows` (a host read of `rows` for per-row rule names)."""
-        def pick(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.index_select(0, rows)
+        per_row = {f.name: getattr(self, f.name) for f in fields(self)
+                   if isinstance(getattr(self, f.name), Tensor)}
         rules = self.rules if isinstance(self.rules, str) else [self.rules[i] for i in rows.tolist()]
-        return StepBatch(pick(self.logits), pick(self.temperatures), pick(self.top_k), pick(self.top_p),
-                         pick(self.min_p), pick(self.is_greedy), pick(self.slots), pick(self.betas),
-                         pick(self.source), pick(self.target), self.any_active, rules, pick(self.probs),
-                         pick(self.train))
+        return replace(self, rules=rules, **{k: t.index_select(0, rows) for k, t in per_row.items()})
 
 
 @dataclass
