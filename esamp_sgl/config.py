@@ -34,11 +34,16 @@ from typing import Any, ClassVar, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, field_validator
 
 # contrastive/compensated: the ESamp rules. The others are controls and baselines for the evaluation:
+# random_prior = compensated with d replaced by a fixed random per-token vector of the same bounded
+# spread (a tilt without information); temperature_after_truncation = the survivors of the filters
+# sampled at T' = (1+β)·T (the cheap baseline ESamp must beat);
 # sharpen = contrastive with d = 0 (isolates the Distiller's contribution); group_presence /
 # group_frequency = a presence/frequency penalty on the tokens the group already generated (the
 # sibling-aware heuristic that needs no Distiller). See esamp_sgl/reweight.py.
-RULE_NAMES = ("contrastive", "compensated", "sharpen", "group_presence", "group_frequency")
-RuleName = Literal["contrastive", "compensated", "sharpen", "group_presence", "group_frequency"]
+RULE_NAMES = ("contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",
+              "group_presence", "group_frequency")
+RuleName = Literal["contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",
+                   "group_presence", "group_frequency"]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SOURCE_SITES = ("residual", "first_input_norm")
 TARGET_SITES = ("final_norm", "last_input_norm")
@@ -118,14 +123,18 @@ _FLOATS: dict[str, tuple[float, float, bool]] = {  # name: (lo, hi, lo_open)
     "weight_decay": (0.0, 1.0, False),
     "greedy_min_p": (0.0, 1.0, True),
     "warm_start_lr": (0.0, 1.0, True),
+    "tilt_bound": (0.0, 10.0, True),
+    "gate_r2_full": (0.0, 1.0, True),
 }
 _INTS: dict[str, tuple[int, int]] = {
     "rank": (1, 8192),
     "train_steps_per_decode": (1, 64),
-    "min_train_steps": (0, 1_000_000),
+    "gate_window": (1, 100_000),
     "source_layer": (0, 1023),
     "max_groups": (1, 1 << 16),
     "warm_start_steps": (1, 10_000),
+    "warm_start_max_positions": (1, 1 << 20),
+    "warm_start_prompts": (1, 1 << 16),
     "max_candidates": (1, 1 << 20),
     "seed": (0, (1 << 63) - 1),
 }
@@ -138,7 +147,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "backend": BACKENDS,
     "train_mode": TRAIN_MODES,
 }
-_BOOLS = ("apply_to_greedy", "training", "prefill_warm_start", "svd_warm_start")
+_BOOLS = ("apply_to_greedy", "training", "fit_gate", "prefill_warm_start", "svd_warm_start")
 
 
 class ESampConfig(BaseModel):
@@ -156,11 +165,14 @@ class ESampConfig(BaseModel):
     weight_decay: float = 0.0
     train_steps_per_decode: int = 1
     training: bool = True  # False = frozen distiller (predict only; warm starts still apply)
-    # Reweight a group's rows only once its Distiller has taken this many training steps (groups
-    # that do not train are not gated); 0: from the first token. Tested as a fix for ESamp's lower
-    # pass@k on short arithmetic answers (at the first token all members share one state, so an
-    # untrained d is one shared bias): 1 did not help there (README, pass@k), so 0 stays the default.
-    min_train_steps: int = 0
+    # -- how far the Distiller may steer (reweight.py: the bounded tilt; gate.py: the fit gate) ------
+    # A Distiller signal's spread over a row's candidates is at most tilt_bound x the model's own.
+    tilt_bound: float = 1.0
+    # β_eff = β·g, g = clamp(R̄²/gate_r2_full, 0, 1) from the group's held-out fit over ~gate_window
+    # steps; an unmeasured (fresh) Distiller has g = 0 and leaves every token stock.
+    fit_gate: bool = True
+    gate_r2_full: float = 0.5
+    gate_window: int = 16
     # -- taps (the engine captures them; the core only receives [rows, H] tensors) ----------------
     source_layer: int = 2  # index of the layer whose *input* residual stream is the source
     source_site: Literal["residual", "first_input_norm"] = "residual"
@@ -177,9 +189,14 @@ class ESampConfig(BaseModel):
     apply_to_greedy: bool = False
     greedy_min_p: float = 0.1
     # -- warm starts ------------------------------------------------------------------------------
-    prefill_warm_start: bool = False
+    # Train each group's Distiller on its prompt's own (source, target) pairs before its first token.
+    prefill_warm_start: bool = True
     warm_start_steps: int = 50  # probe 2: 50 full-batch steps at lr 3e-3 was the best of its grid
     warm_start_lr: float = 3e-3
+    # The last this-many prompt positions are used (and kept per prompt for requests whose prompt
+    # comes from the radix cache); pairs of the `warm_start_prompts` most recent prompts are kept.
+    warm_start_max_positions: int = 512
+    warm_start_prompts: int = 8
     svd_warm_start: bool = False
     # -- execution --------------------------------------------------------------------------------
     # Static cap K on candidates per row. If more than K tokens survive top-k/top-p/min-p, only

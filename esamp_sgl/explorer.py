@@ -12,13 +12,16 @@ Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 from torch import Tensor
 
 from esamp_sgl.config import ESampConfig, ExploreRequest
 from esamp_sgl.distiller import DistillerBank
+from esamp_sgl.gate import FitGate
 from esamp_sgl.groups import GroupTable
+from esamp_sgl.reweight import random_prior_logits
 from esamp_sgl.telemetry import Telemetry
 from esamp_sgl.trainer import TestTimeTrainer
 from esamp_sgl.warm_start import prefill_warm_start
@@ -74,6 +77,8 @@ class Explorer:
         self.bank = DistillerBank(config.max_groups, hidden_size, config.rank, self.device,
                                   config.seed)
         self.stats = Telemetry(config.max_groups, hidden_size, self.device)
+        self.gate = FitGate(config.max_groups, hidden_size, self.device, window=config.gate_window,
+                            r2_full=config.gate_r2_full, enabled=config.fit_gate)
         self.train_mode = resolve_train_mode(config.train_mode, self.device)
         self.trainer = TestTimeTrainer(
             self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
@@ -89,6 +94,7 @@ class Explorer:
         # [max_groups, V] tokens generated per group, for the group_* baseline rules only:
         # allocated when such a rule first runs (39 MB at 64 groups x 152k vocabulary).
         self.group_counts: Tensor | None = None
+        self._random_prior: Tensor | None = None  # [V], the random_prior control's vector
         self._warm_started: set[int] = set()
 
     # -- per-request options --------------------------------------------------------------------
@@ -98,6 +104,15 @@ class Explorer:
         rule = self.config.rule if request.rule is None else request.rule
         train = self.config.training if request.train is None else request.train
         return beta, rule, train
+
+    # -- signals of the controls ----------------------------------------------------------------
+    def random_prior_on(self, cand_ids: Tensor) -> Tensor:
+        """The random_prior control's fixed per-token values on the candidates [R, K]. Drawn wide
+        (std 10 nats) so that the tilt bound, not the draw, sets its spread, as for d."""
+        if self._random_prior is None:
+            self._random_prior = random_prior_logits(self.lm_head_weight.shape[0], 10.0,
+                                                     self.config.seed, self.device)
+        return self._random_prior[cand_ids]
 
     # -- group token counts (baseline rules) -----------------------------------------------------
     def group_counts_on(self, slots: Tensor, cand_ids: Tensor) -> Tensor:
@@ -137,19 +152,30 @@ class Explorer:
         self.bank.reset_slots(idx)
         self.trainer.reset_slots(idx)
         self.stats.reset(idx)
+        self.gate.reset(idx)
         if self.group_counts is not None:
             self.group_counts[idx] = 0
         self._warm_started.difference_update(slots)
 
+    def needs_warm_start(self, key: str) -> bool:
+        slot = self.groups.slot_of(key)
+        return self.config.prefill_warm_start and slot is not None and slot not in self._warm_started
+
     def warm_start_group(self, key: str, source: Tensor, target: Tensor) -> bool:
         """Prefill warm start on the prompt's (source, target) pairs [P, H]; once per group and
-        only if config.prefill_warm_start. Returns whether it ran."""
-        slot = self.groups.slot_of(key)
-        if not self.config.prefill_warm_start or slot is None or slot in self._warm_started:
+        only if config.prefill_warm_start. Then the fit on those pairs seeds the group's gate and
+        telemetry. Returns whether it ran."""
+        if not self.needs_warm_start(key) or source.shape[0] == 0:
             return False
+        slot = self.groups.slot_of(key)
         self._warm_started.add(slot)
         prefill_warm_start(self.trainer, slot, source, target, self.config.warm_start_steps,
                            self.config.warm_start_lr)
+        self.trainer.wait()
+        slots = torch.full((source.shape[0],), slot, dtype=torch.int64, device=self.device)
+        h_hat = self.bank(source, slots)
+        r2 = self.gate.seed(slots[0], h_hat, target)
+        self.stats.record_warm_fit(slots[:1], r2, source.shape[0])
         return True
 
     def load_svd_template(self, w_gate: Tensor | None, w_up: Tensor, w_down: Tensor) -> bool:
@@ -172,6 +198,10 @@ class Explorer:
         self.trainer.wait()
         out = {"group": key, "slot": slot, "members": self.groups.members(key)}
         out.update(self.stats.snapshot(slot))
+        # The gate as the group's next token would see it, and the held-out fit behind it.
+        gate_r2 = float(self.gate.r2()[slot])
+        out["gate"] = float(self.gate.values()[slot])
+        out["gate_r2"] = gate_r2 if math.isfinite(gate_r2) else None
         return out
 
     def close(self) -> None:

@@ -8,9 +8,28 @@ With z the model's raw logits, d_v = ĥ·W_U[v] and T the row's temperature, the
 
 and, as controls and baselines for the evaluation (no Distiller involved),
 
+    random_prior:     the compensated rule with d replaced by a fixed random per-token vector
+                      (bounded like d): a tilt with the same spread and no information
+    temperature_after_truncation:
+                      ℓ'_v = z_v / ((1 + β)·T)       (the survivors of the row's filters at T,
+                                                       sampled at T' = (1 + β)·T: what the
+                                                       compensated rule becomes when d = z)
     sharpen:          ℓ'_v = (1 + β)·z_v / T        (contrastive with d = 0: isolates the Distiller)
     group_presence:   ℓ'_v = (z_v − β·[c_v > 0]) / T  (c_v = how often the fork group's samples,
     group_frequency:  ℓ'_v = (z_v − β·c_v) / T         this row's included, generated v so far)
+
+The bounded tilt. A per-token signal (the Distiller's d or the random prior) enters a rule as
+
+    δ̃ = (δ − mean_C δ) · min(1, b · max(σ_C(ℓ), σ₀) / σ_C(δ)),   δ = s/T,  ℓ = z/T,
+
+mean and standard deviation σ_C over the row's candidates C, b = `tilt_bound` (default 1),
+σ₀ = TILT_FLOOR = 0.5 nat (so that among near-ties, where the model is indifferent and the choice is
+exploration's to make, the tilt is not forced to zero). The
+centring changes nothing after softmax (a per-row constant); the bound is what matters: min-p
+caps the spread of ℓ over the candidates at ln(1/min_p), nothing capped d's, and an untrained
+Distiller's d (a per-token prior) spread ~4x wider than ℓ at SmolLM2 scale and outweighed the
+model (shared/reference/esamp-signal-analysis.md). With the bound the tilt can at most match the
+model's own spread; how much of it is applied is β times the group's fit gate (gate.py).
 
 A rule is a function (ℓ, δ, β) -> ℓ' of the scaled candidate logits ℓ = z/T (+ any per-row
 constant: log-probs work as well, the constant only shifts ℓ' per row), a scaled signal δ = s/T
@@ -27,8 +46,12 @@ from torch import Tensor
 
 Rule = Callable[[Tensor, Tensor, Tensor], Tensor]
 RULES: dict[str, Rule] = {}
-SIGNALS = ("distiller", "presence", "frequency", "none")
+SIGNALS = ("distiller", "random", "presence", "frequency", "none")
+# Signals that are per-token logit vectors on the model's scale: bounded by the tilt rule above.
+BOUNDED_SIGNALS = ("distiller", "random")
 RULE_SIGNAL: dict[str, str] = {}  # rule name -> the signal it reads
+
+TILT_FLOOR = 0.5  # σ₀ above: the least spread (nats) a bounded tilt may have, whatever the model's
 
 # Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
 # materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
@@ -56,6 +79,16 @@ def compensated(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor
     return scaled_logits - (beta / (1.0 + beta)) * scaled_d
 
 
+@register_rule("random_prior", signal="random")
+def random_prior(scaled_logits: Tensor, scaled_prior: Tensor, beta: Tensor) -> Tensor:
+    return compensated(scaled_logits, scaled_prior, beta)
+
+
+@register_rule("temperature_after_truncation", signal="none")
+def temperature_after_truncation(scaled_logits: Tensor, unused: Tensor, beta: Tensor) -> Tensor:
+    return scaled_logits / (1.0 + beta)
+
+
 @register_rule("sharpen", signal="none")
 def sharpen(scaled_logits: Tensor, unused: Tensor, beta: Tensor) -> Tensor:
     return (1.0 + beta) * scaled_logits
@@ -73,6 +106,37 @@ def signals_needed(rules: str | Sequence[str]) -> set[str]:
     return {RULE_SIGNAL[r] for r in ([rules] if isinstance(rules, str) else rules)}
 
 
+def reads_distiller(rules: str | Sequence[str], rows: int, device: torch.device) -> Tensor:
+    """[R] bool (or a 0-d tensor for one rule): the rows whose rule reads the Distiller's d."""
+    if isinstance(rules, str):
+        return torch.tensor(RULE_SIGNAL[rules] == "distiller", device=device)
+    return _host_mask([RULE_SIGNAL[r] == "distiller" for r in rules], device)
+
+
+def bounded_tilt(scaled_signal: Tensor, scaled_logits: Tensor, bound: float) -> Tensor:
+    """δ̃ = (δ − mean_C δ) · min(1, b·max(σ_C(ℓ), σ₀)/σ_C(δ)) over each row's candidates C (finite
+    ℓ); zero off the candidates and on rows with one candidate. See the module docstring."""
+    keep = torch.isfinite(scaled_logits)
+    w = keep.to(torch.float32)
+    n = w.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def centred(x: Tensor) -> Tensor:
+        x = torch.where(keep, x, torch.zeros_like(x))
+        return (x - x.sum(-1, keepdim=True) / n) * w
+
+    delta, ell = centred(scaled_signal), centred(scaled_logits)
+    sd_delta = delta.square().sum(-1, keepdim=True).div(n).sqrt()
+    sd_ell = ell.square().sum(-1, keepdim=True).div(n).sqrt()
+    scale = (bound * sd_ell.clamp(min=TILT_FLOOR) / sd_delta.clamp(min=1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def random_prior_logits(vocab: int, std: float, seed: int, device: torch.device) -> Tensor:
+    """The random-prior control's fixed per-token vector [V] (seeded; bounded like d when used)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(vocab, generator=gen) * std).to(device)
+
+
 def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
     """d[r, k] = ĥ[r] · W_U[cand_ids[r, k]] in fp32, gathering only the candidates' LM-head rows
     (never a full-vocabulary projection). h_hat [R, H], lm_head_weight [V, H], cand_ids [R, K]."""
@@ -88,19 +152,28 @@ def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) ->
     return out
 
 
-def reweighted_logits(cand_logits: Tensor, d: Tensor | dict[str, Tensor], temperature: Tensor,
-                      beta: Tensor, rules: str | Sequence[str]) -> Tensor:
+def reweighted_logits(cand_logits: Tensor, signals: Tensor | dict[str, Tensor], temperature: Tensor,
+                      beta: Tensor, rules: str | Sequence[str], tilt_bound: float | None = 1.0) -> Tensor:
     """Apply the rule(s) on the candidates. cand_logits [R, K] (-inf = not a candidate);
-    d: the raw distiller logits [R, K], or {signal name: [R, K]} holding every signal the rules
-    read ('none' needs nothing); temperature/beta [R]; `rules` is one name or one per row."""
-    signals = d if isinstance(d, dict) else {"distiller": d}
+    signals: the raw distiller logits d [R, K], or {signal name: [R, K]} holding every signal the
+    rules read ('none' needs nothing); temperature/beta [R]; `rules` is one name or one per row.
+    The distiller and random signals are bounded by `tilt_bound` (None: raw, for analysis only)."""
+    signals = signals if isinstance(signals, dict) else {"distiller": signals}
     inv_t = 1.0 / temperature.to(cand_logits.device, torch.float32).unsqueeze(-1)
     b = beta.to(cand_logits.device, torch.float32).unsqueeze(-1)
+    scaled_signals: dict[str, Tensor] = {}
+
+    def scaled(signal: str) -> Tensor:
+        if signal not in scaled_signals:
+            s = signals[signal] * inv_t
+            if signal in BOUNDED_SIGNALS and tilt_bound is not None:
+                s = bounded_tilt(s, cand_logits, tilt_bound)
+            scaled_signals[signal] = s
+        return scaled_signals[signal]
 
     def apply(name: str) -> Tensor:
         signal = RULE_SIGNAL[name]
-        scaled = cand_logits if signal == "none" else signals[signal] * inv_t
-        return RULES[name](cand_logits, scaled, b)
+        return RULES[name](cand_logits, cand_logits if signal == "none" else scaled(signal), b)
 
     if isinstance(rules, str):
         out = apply(rules)

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from esamp_sgl.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
 from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import (distiller_logits, reweighted_logits, sample_candidates,
-                                signals_needed)
+from esamp_sgl.reweight import (distiller_logits, reads_distiller, reweighted_logits,
+                                sample_candidates, signals_needed)
 from esamp_sgl.telemetry import candidate_corr
 
 
@@ -31,7 +31,7 @@ class StepBatch:
     source: Tensor  # [R, H] shallow tap (any dtype)
     target: Tensor  # [R, H] deep tap (any dtype)
     any_active: bool  # host-side: does any row have a slot? (from request metadata, no sync)
-    rules: str | Sequence[str] = "contrastive"  # one rule for the batch or one per row
+    rules: str | Sequence[str] = "compensated"  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
     train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
 
@@ -70,10 +70,52 @@ def candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
                          probs=batch.probs, trim=ex.trim_candidates)
 
 
+@dataclass
+class Reweighted:
+    """Steps 2-4 of the recipe for a batch: what ESamp would sample from, row by row."""
+
+    cand: CandidateSet
+    scores: Tensor  # [R, K] reweighted scaled logits over cand.ids (-inf off the candidates)
+    applied: Tensor  # [R] bool: rows whose token is drawn from `scores` (else stock's)
+    h_hat: Tensor  # [R, H] the Distiller's prediction
+    d: Tensor  # [R, K] raw distiller logits on the candidates
+
+
+def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
+    """Predict, take the candidates and reweight them (the exact check calls this too)."""
+    cfg = ex.config
+    # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
+    ex.trainer.wait()
+    h_hat = ex.bank(batch.source, batch.slots)  # [R, H] fp32
+
+    # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
+    f = row_filters(batch, cfg.greedy_min_p)
+    cand = candidates(ex, batch, f)
+
+    # 4. Reweight the candidates only: d = ĥ·W_U[v], its spread bounded by the model's own
+    #    (reweight.bounded_tilt), at strength β·g where g is the group's fit (gate.py). The
+    #    controls read a random prior or the group's token counts instead of d, ungated.
+    d = distiller_logits(h_hat, ex.lm_head_weight, cand.ids)
+    signals = {"distiller": d}
+    needed = signals_needed(batch.rules)
+    if "random" in needed:
+        signals["random"] = ex.random_prior_on(cand.ids)
+    if needed & {"presence", "frequency"}:
+        counts = ex.group_counts_on(batch.slots, cand.ids)
+        signals.update(presence=(counts > 0).float(), frequency=counts)
+    gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
+    betas = torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
+    scores = reweighted_logits(cand.logits, signals, f.temperature, betas, batch.rules,
+                               cfg.tilt_bound)
+    applied = ((batch.slots >= 0) & (betas > 0) & torch.isfinite(h_hat).all(-1)
+               & (~batch.is_greedy | cfg.apply_to_greedy))
+    return Reweighted(cand, scores, applied, h_hat, d)
+
+
 def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
     """Returns this step's token ids [R]."""
     # The stock sampler runs for every row first, with the engine's RNG: a row that ESamp leaves
-    # alone (no slot, β = 0, greedy without apply_to_greedy) gets exactly the stock token.
+    # alone (no slot, β·g = 0, greedy without apply_to_greedy) gets exactly the stock token.
     tokens = stock_sample()
     if not batch.any_active:
         return tokens
@@ -83,43 +125,24 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
             tokens = tokens.clone()
             tokens[rows] = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
             return tokens
-    cfg = ex.config
     has_slot = batch.slots >= 0
 
     # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
-
-    # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
-    ex.trainer.wait()
-    h_hat = ex.bank(batch.source, batch.slots)  # [R, H] fp32
-
-    # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
-    f = row_filters(batch, cfg.greedy_min_p)
-    cand = candidates(ex, batch, f)
-
-    # 4. Reweight the candidates only: d = ĥ·W_U[v], then the rule (β and T per row). The
-    #    baseline rules read the group's token counts instead of d.
-    d = distiller_logits(h_hat, ex.lm_head_weight, cand.ids)
-    signals = {"distiller": d}
-    if signals_needed(batch.rules) & {"presence", "frequency"}:
-        counts = ex.group_counts_on(batch.slots, cand.ids)
-        signals.update(presence=(counts > 0).float(), frequency=counts)
-    scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, batch.rules)
+    # 2-4. Predict, candidates, reweight.
+    rw = reweight(ex, batch)
 
     # 5. Sample from softmax over the candidates with ESamp's own generator (greedy: argmax).
-    esamp_tokens = sample_candidates(scores, cand.ids, batch.is_greedy, ex.generator, ex.backend)
-    reweighted = (has_slot & (batch.betas > 0) & torch.isfinite(h_hat).all(-1)
-                  & (~batch.is_greedy | cfg.apply_to_greedy))
-    if cfg.min_train_steps:  # nothing explored yet -> nothing to steer away from
-        learned = ex.trainer.step_count.index_select(0, batch.slots.clamp(min=0)) >= cfg.min_train_steps
-        reweighted &= learned if batch.train is None else learned | ~batch.train
-    tokens = torch.where(reweighted, esamp_tokens.to(tokens.dtype), tokens)
+    esamp_tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
+    tokens = torch.where(rw.applied, esamp_tokens.to(tokens.dtype), tokens)
 
-    # 6. Telemetry, then train on this step's pairs (after sampling; may run asynchronously).
+    # 6. Telemetry and the gate's held-out fit, then train on this step's pairs (after sampling;
+    #    may run asynchronously).
     ex.count_group_tokens(batch.slots, tokens, has_slot)
-    ex.stats.record_prediction(batch.slots, has_slot, h_hat, batch.target)
-    corr, corr_ok = candidate_corr(d, cand.logits, cand.keep)
-    ex.stats.record_candidates(batch.slots, has_slot, reweighted, cand.truncated, corr, corr_ok)
-    if cfg.training:
+    ex.stats.record_prediction(batch.slots, has_slot, rw.h_hat, batch.target)
+    ex.gate.update(batch.slots, has_slot, rw.h_hat, batch.target)
+    corr, corr_ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
+    ex.stats.record_candidates(batch.slots, has_slot, rw.applied, rw.cand.truncated, corr, corr_ok)
+    if ex.config.training:
         trains = has_slot if batch.train is None else has_slot & batch.train
         ex.trainer.schedule(batch.source, batch.target, batch.slots, trains)
     return tokens

@@ -50,6 +50,8 @@ class Telemetry:
             self.warm_steps = z(n)
             self.warm_loss_before = z(n)
             self.warm_loss_after = z(n)
+            self.warm_r2 = z(n)
+            self.warm_positions = z(n)
             # sampling-side
             self.novelty_sum = z(n)
             self.novelty_count = z(n)
@@ -94,6 +96,13 @@ class Telemetry:
         self.warm_loss_before.index_copy_(0, idx, self._masked(before, counted))
         self.warm_loss_after.index_copy_(0, idx, self._masked(after, counted))
         self.warm_steps.index_add_(0, idx, counted.to(_F64) * steps)
+
+    @torch.no_grad()
+    def record_warm_fit(self, slot: Tensor, r2: Tensor, positions: int) -> None:
+        """The warm-started Distiller's R² on the prompt pairs it was trained on (in-sample)."""
+        idx = self._index(slot, torch.ones_like(slot, dtype=torch.bool))
+        self.warm_r2.index_copy_(0, idx, r2.to(_F64))
+        self.warm_positions.index_fill_(0, idx, float(positions))
 
     # -- sampling side --------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,6 +168,8 @@ class Telemetry:
             "warm_start_steps": int(vals["warm_steps"]),
             "warm_start_loss_before": vals["warm_loss_before"] if vals["warm_steps"] else None,
             "warm_start_loss_after": vals["warm_loss_after"] if vals["warm_steps"] else None,
+            "warm_start_positions": int(vals["warm_positions"]),
+            "warm_start_r2": vals["warm_r2"] if vals["warm_positions"] else None,
         }
         for k, v in out.items():
             if isinstance(v, float) and not math.isfinite(v):

@@ -18,6 +18,7 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.runtime_context.get_exec": "scoped stock-backend override for the stock sampling path",
     "sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends": "taps + model handles",
     "sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store": "final-norm target",
+    "sglang.srt.layers.logits_processor.LogitsProcessor.forward": "every prompt position, for the warm start",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch": "row metadata",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_filter_batch": "row metadata",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_merge_batch": "row metadata",

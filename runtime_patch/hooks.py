@@ -12,10 +12,10 @@ import uuid
 
 from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
 from esamp_sgl.explorer import Explorer
-from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, rows_of
+from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, extend_span, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
-from runtime_patch.taps import configure_taps
+from runtime_patch.taps import configure_taps, prompt_positions
 from runtime_patch.tensor_parallel import check_tensor_parallel, full_lm_head_weight
 
 logger = logging.getLogger("esamp_sgl.hooks")
@@ -46,10 +46,10 @@ def bind_model(result, runner):
                            "must reach one Distiller")
     check_tensor_parallel(get_parallel().tp_size)
     config = load_server_config()
-    if config.prefill_warm_start or config.svd_warm_start:
+    if config.svd_warm_start:
         raise RuntimeError(
-            "esamp_prefill_warm_start / esamp_svd_warm_start are implemented in the core (esamp_sgl) but not yet "
-            "wired into the SGLang runtime; unset them"
+            "esamp_svd_warm_start is implemented in the core (esamp_sgl) but not wired into the SGLang runtime "
+            "(probe 2 found it does not help); unset it"
         )
     model_config = runner.model_config
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
@@ -69,12 +69,13 @@ def rows_from_schedule_batch(result, info, batch, vocab_size):
     if runtime is None:
         return result
     requests = tuple(explore_request_of(req) for req in batch.reqs)
-    if not any(r is not None for r in requests):
+    spans = tuple(extend_span(req) for req in batch.reqs) if runtime.config.prefill_warm_start else None
+    if not any(r is not None for r in requests) and not (spans and any(spans)):
         return result
     for req, request in zip(batch.reqs, requests):
         if request is not None:
             runtime.join(req.rid, request)
-    setattr(info, ROWS_ATTR, BatchRows(tuple(req.rid for req in batch.reqs), requests))
+    setattr(info, ROWS_ATTR, BatchRows(tuple(req.rid for req in batch.reqs), requests, spans))
     return result
 
 
@@ -102,6 +103,26 @@ def rows_copy_for_forward(result, info):
     if rows is not None:
         setattr(result, ROWS_ATTR, rows)
     return result
+
+
+# -- prefill warm start ---------------------------------------------------------------------------
+def warm_start_on_extend(original, processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs):
+    """AROUND LogitsProcessor.forward: the only place that sees every position of an extend (the
+    sampler gets the last one); a prefill-only batch (the n>1 prefix-warming request) never reaches
+    the sampler at all. Runs before the original, so a warm start precedes the first token's draw."""
+    runtime = STATE.runtime
+    forward_mode = getattr(logits_metadata, "forward_mode", None)
+    if runtime is not None and forward_mode is not None and forward_mode.is_extend():
+        rows = rows_of(getattr(logits_metadata, "sampling_info", None))
+        aux = kwargs.get("aux_hidden_states", args[0] if args else None)
+        lens = getattr(logits_metadata, "extend_seq_lens_cpu", None)
+        if runtime.wants_prompt_positions(rows) and aux is not None and lens is not None:
+            try:
+                runtime.warm_start_from_extend(
+                    rows, list(lens), lambda start, n: prompt_positions(aux, hidden_states, start, n))
+            except Exception:  # a warm start must never take the forward down
+                logger.exception("esamp: prefill warm start failed; the group starts from init (gate shut)")
+    return original(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs)
 
 
 # -- request end ----------------------------------------------------------------------------------

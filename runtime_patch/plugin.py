@@ -52,6 +52,7 @@ def _register_hooks() -> None:
         ("sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends", hooks.bind_model, after),
         ("sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store",
          taps.append_final_norm_state, around),
+        ("sglang.srt.layers.logits_processor.LogitsProcessor.forward", hooks.warm_start_on_extend, around),
         ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch",
          hooks.rows_from_schedule_batch, after),
         ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_filter_batch", hooks.rows_filter, after),

@@ -8,10 +8,15 @@ extra attribute, kept aligned through SGLang's own filter/merge placeholders:
 * `adjusted_filter_batch` (requests finished/retracted): keep the surviving rows;
 * `adjusted_merge_batch` (called after the tensors are concatenated): append the other batch's rows;
 * `copy_for_forward` uses `dataclasses.replace`, which drops non-field attributes: copy it over.
+
+An extend batch's rows also say which prompt positions its forward computes (`spans`), for the
+prefill warm start; filter and merge happen after that forward, so they drop the spans.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,9 +26,22 @@ ROWS_ATTR = "_esamp_rows"
 
 
 @dataclass(frozen=True)
+class ExtendSpan:
+    """The prompt positions [start, end) that one row's extend forward computes."""
+
+    prompt_key: str  # a hash of the prompt's token ids: identical prompts share their captured pairs
+    prompt_len: int
+    start: int
+    end: int
+    completes_prompt: bool  # the prompt's last chunk: the request samples its first token now
+
+
+@dataclass(frozen=True)
 class BatchRows:
     rids: tuple[str, ...]
     requests: tuple[ExploreRequest | None, ...]  # None = the request did not ask for ESamp
+    # Extend batches: per row, the prompt positions to capture (None: not an ESamp request).
+    spans: tuple[ExtendSpan | None, ...] | None = None
 
     @property
     def any_requested(self) -> bool:
@@ -38,6 +56,23 @@ class BatchRows:
     @staticmethod
     def stock(n: int) -> "BatchRows":
         return BatchRows(("",) * n, (None,) * n)
+
+
+def prompt_key(token_ids: Sequence[int]) -> str:
+    ids = token_ids if isinstance(token_ids, array) else array("q", token_ids)
+    return hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
+
+
+def extend_span(req) -> ExtendSpan | None:
+    """The span of a request that asked for ESamp (the n>1 prefix-warming copy included: its
+    forward computes the prompt its siblings then find in the radix cache)."""
+    params = req.sampling_params.custom_params
+    if not isinstance(params, dict) or params.get("esamp") is not True:
+        return None
+    prompt_len = len(req.origin_input_ids)
+    end = req.extend_end
+    return ExtendSpan(prompt_key(req.origin_input_ids), prompt_len, req.prefix_len, end,
+                      completes_prompt=end >= len(req.full_untruncated_fill_ids))
 
 
 def explore_request_of(req) -> ExploreRequest | None:

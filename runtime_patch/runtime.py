@@ -15,10 +15,14 @@ import torch
 
 from esamp_sgl.config import ESampConfig, ExploreRequest
 from esamp_sgl.explorer import Explorer
+from esamp_sgl.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
 
 logger = logging.getLogger("esamp_sgl.runtime")
+
+# A fit on one position has no variance to explain: such a group is not warm-started (gate shut).
+MIN_WARM_START_POSITIONS = 2
 
 
 @dataclass
@@ -45,6 +49,7 @@ class ESampRuntime:
         self.taps = taps
         self.members: dict[str, Member] = {}  # rid -> membership
         self.stock_groups: dict[str, int] = {}  # group -> members, for groups refused a slot
+        self.prompt_pairs = PromptPairs(config.warm_start_prompts, config.warm_start_max_positions)
         self.steps = 0
         self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
 
@@ -96,6 +101,31 @@ class ESampRuntime:
         out["status"] = ("nonfinite_prediction" if out.get("nonfinite_predictions")
                          else "nonfinite_reset" if out.get("nonfinite_resets") else "ok")
         return out
+
+    # -- prefill warm start -------------------------------------------------------------------------
+    def wants_prompt_positions(self, rows: BatchRows | None) -> bool:
+        return (self.config.prefill_warm_start and rows is not None and rows.spans is not None
+                and any(span is not None for span in rows.spans))
+
+    def warm_start_from_extend(self, rows: BatchRows, extend_lens: list[int], positions) -> None:
+        """An extend forward computed `extend_lens[i]` positions of row i; `positions(offset, n)`
+        gives their taps [n, width]. Keep the prompt pairs of ESamp requests, then warm-start each
+        group whose member samples its first token in this forward (once per group)."""
+        offset = 0
+        for span, count in zip(rows.spans, extend_lens):
+            if span is not None and count > 0:
+                source, target = self.taps.split(positions(offset, count))
+                self.prompt_pairs.add(span.prompt_key, span.prompt_len, span.start, source, target)
+            offset += count
+        for rid, span in zip(rows.rids, rows.spans):
+            member = self.members.get(rid)
+            if span is None or not span.completes_prompt or member is None or member.slot is None:
+                continue
+            if not self.explorer.needs_warm_start(member.group):
+                continue
+            pairs = self.prompt_pairs.pairs(span.prompt_key)
+            if pairs is not None and pairs[0].shape[0] >= MIN_WARM_START_POSITIONS:
+                self.explorer.warm_start_group(member.group, *pairs)
 
     # -- per step -----------------------------------------------------------------------------------
     def plan(self, rows: BatchRows, device: torch.device) -> RowPlan:

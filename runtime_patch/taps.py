@@ -9,6 +9,9 @@ survives CUDA graphs and torch.compile and costs no device-to-host copy.
 With aux capture on, SGLang stores the aux streams *instead of* the final normalised state, so the
 `final_norm` target is appended by an AROUND hook on `LogitsProcessor._get_hidden_states_to_store`
 (also inside the forward, also captured).
+
+The prefill warm start needs every prompt position, not only the last: `prompt_positions` slices
+them from the logits processor's inputs (all positions of an extend), in the same layout.
 """
 
 from __future__ import annotations
@@ -79,6 +82,18 @@ def configure_taps(model: torch.nn.Module, config: ESampConfig, num_layers: int,
         raise RuntimeError(f"esamp: the model did not accept the taps {indices}")
     APPEND_FINAL_NORM["enabled"] = target_index is None
     return Taps(indices, hidden_size, source_index, source_norm, target_index, target_norm)
+
+
+def prompt_positions(aux_hidden_states, hidden_states: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """[count, width] taps of positions start .. start + count - 1 of an extend forward, laid out as
+    the sampler receives the last position's: [aux streams | final normed state if appended]."""
+    if isinstance(aux_hidden_states, torch.Tensor):
+        parts = [aux_hidden_states[start:start + count]]
+    else:
+        parts = [h[start:start + count] for h in aux_hidden_states]
+    if APPEND_FINAL_NORM["enabled"]:
+        parts.append(hidden_states[start:start + count].to(parts[0].dtype))
+    return torch.cat(parts, dim=-1)
 
 
 def append_final_norm_state(original, self, hidden_states, hidden_states_before_norm, aux_hidden_states,

@@ -73,8 +73,9 @@ def _server(model_path: Path, backend: str, tmp_path_factory):
     from esamp_sgl.server import SGLangServer
 
     log = tmp_path_factory.mktemp("server") / f"sglang-{backend}.log"
+    # Small prefill chunks: the warm-start tests see a prompt computed over several forwards.
     server = SGLangServer(model_path, sampling_backend=backend, log_path=log,
-                          extra_args=["--random-seed", str(SERVER_SEED)])
+                          extra_args=["--random-seed", str(SERVER_SEED), "--chunked-prefill-size", "64"])
     server.start()
     try:
         server.identity_probe = _run_identity_probe(server)

@@ -27,16 +27,29 @@ def ref_keep(probs_row: list[float], top_k: int, top_p: float, min_p: float) -> 
 
 
 def ref_scores(logits_row: list[float], kept: list[int], h_hat: list[float],
-               w: list[list[float]], temperature: float, beta: float, rule: str) -> dict[int, float]:
-    """ℓ' for each kept token, with d_v = Σ_h ĥ_h · W[v, h] computed by a loop."""
+               w: list[list[float]], temperature: float, beta: float, rule: str,
+               bound: float | None = None) -> dict[int, float]:
+    """ℓ' for each kept token, with d_v = Σ_h ĥ_h · W[v, h] computed by a loop; with `bound`,
+    δ = d/T is centred over the kept tokens and its population std capped at bound × max(ℓ's, 0.5)."""
+    delta = {v: math.fsum(h_hat[j] * w[v][j] for j in range(len(h_hat))) / temperature for v in kept}
+    if bound is not None:
+        def mean(xs):
+            return math.fsum(xs) / len(xs)
+
+        def std(xs):
+            m = mean(xs)
+            return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / len(xs))
+        sd_d, sd_l = std(list(delta.values())), std([logits_row[v] for v in kept])
+        scale = min(1.0, bound * max(sd_l, 0.5) / sd_d) if sd_d > 1e-12 else 0.0
+        m = mean(list(delta.values()))
+        delta = {v: (x - m) * scale for v, x in delta.items()}
     out = {}
     for v in kept:
-        d = math.fsum(h_hat[j] * w[v][j] for j in range(len(h_hat)))
         z = logits_row[v]
         if rule == "contrastive":
-            out[v] = (1 + beta) * z - beta * d / temperature
+            out[v] = (1 + beta) * z - beta * delta[v]
         elif rule == "compensated":
-            out[v] = z - beta / (1 + beta) * d / temperature
+            out[v] = z - beta / (1 + beta) * delta[v]
         else:
             raise KeyError(rule)
     return out

@@ -26,21 +26,21 @@ def _batch(logits, temps, top_k, top_p, min_p, greedy, betas, h):
                      source=h, target=h, any_active=True)
 
 
-def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, trim=False):
+def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, trim=False, bound=1.0):
     f = row_filters(batch, greedy_min_p)
     probs = torch.softmax(batch.logits.float(), dim=-1)
     cand = candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, max_candidates, probs=probs,
                          trim=trim)
     d = distiller_logits(h_hat, w, cand.ids)
     counts = (cand.ids % 3).float()  # stand-in group counts for the baseline rules: 0, 1, 2
-    signals = {"distiller": d, "presence": (counts > 0).float(), "frequency": counts}
-    scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, rules)
+    signals = {"distiller": d, "random": d.flip(-1), "presence": (counts > 0).float(), "frequency": counts}
+    scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, rules, bound)
     return f, probs, cand, scores
 
 
 @pytest.mark.parametrize("rule", ["contrastive", "compensated"])
-@pytest.mark.parametrize("trim", [False, True])
-def test_reweighting_matches_slow_reference_every_filter_combination(rule, trim):
+@pytest.mark.parametrize("trim,bound", [(False, None), (False, 1.0), (True, 1.0), (False, 0.3)])
+def test_reweighting_matches_slow_reference_every_filter_combination(rule, trim, bound):
     gen = torch.Generator().manual_seed(7)
     rows, vocab, hidden = len(COMBOS), 300, 12
     logits = torch.randn(rows, vocab, generator=gen) * 2.5
@@ -57,7 +57,7 @@ def test_reweighting_matches_slow_reference_every_filter_combination(rule, trim)
     # Greedy rows arrive at T = 1 (SGLang rewrites greedy to T=1, top_k=1).
     scaled = torch.where(greedy[:, None], logits, scaled)
     batch = _batch(scaled, temps, top_k, top_p, min_p, greedy, betas, h_hat)
-    f, probs, cand, scores = _pipeline(batch, h_hat, w, rule, greedy_min_p=0.2, trim=trim)
+    f, probs, cand, scores = _pipeline(batch, h_hat, w, rule, greedy_min_p=0.2, trim=trim, bound=bound)
     tokens = sample_candidates(scores, cand.ids, greedy, torch.Generator().manual_seed(0))
 
     for r in range(rows):
@@ -72,7 +72,7 @@ def test_reweighting_matches_slow_reference_every_filter_combination(rule, trim)
         got_scores = dict(zip(got_ids, scores[r][cand.keep[r]].tolist()))
         assert_same_candidates(got_scores, want, p_row)
         ref = ref_scores(scaled[r].double().tolist(), got_ids, h_hat[r].double().tolist(),
-                         w.double().tolist(), temp, float(betas[r]), rule)
+                         w.double().tolist(), temp, float(betas[r]), rule, bound)
         for v in got_ids:
             assert got_scores[v] == pytest.approx(ref[v], rel=1e-5, abs=1e-4)
         # Non-candidates can never be drawn.
@@ -137,7 +137,7 @@ def test_ties_are_handled_by_value():
         got_ids = cand.ids[r][cand.keep[r]].tolist()
         assert_same_candidates(dict.fromkeys(got_ids, 0.0), want, p_row, tol=1e-7)
         ref = ref_scores(logits[r].double().tolist(), got_ids, h_hat[r].double().tolist(),
-                         w.double().tolist(), 1.0, 0.7, "contrastive")
+                         w.double().tolist(), 1.0, 0.7, "contrastive", 1.0)
         for v, s in zip(got_ids, scores[r][cand.keep[r]].tolist()):
             assert s == pytest.approx(ref[v], rel=1e-5, abs=1e-4)
 
@@ -167,7 +167,7 @@ def test_large_vocabulary_with_few_candidates():
                                       h_hat[r].double().tolist(),
                                       [w[v].double().tolist() if v in got_ids else []
                                        for v in range(vocab)],
-                                      1.0, float(betas[r]), "compensated"))
+                                      1.0, float(betas[r]), "compensated", 1.0))
         got = torch.softmax(scores[r], -1)
         for k, v in enumerate(cand.ids[r].tolist()):
             if cand.keep[r, k]:
@@ -215,8 +215,9 @@ def test_mixed_rules_per_row():
     cand_logits = torch.randn(4, 10, generator=gen)
     d = torch.randn(4, 10, generator=gen)
     t, beta = torch.tensor([1.0, 0.5, 2.0, 1.0]), torch.tensor([0.3, 1.0, 2.0, 0.0])
-    rules = ["contrastive", "compensated", "compensated", "contrastive"]
+    rules = ["contrastive", "compensated", "temperature_after_truncation", "contrastive"]
     mixed = reweighted_logits(cand_logits, d, t, beta, rules)
+    assert not torch.equal(mixed[2], cand_logits[2])
     for r, name in enumerate(rules):
         alone = reweighted_logits(cand_logits[r:r + 1], d[r:r + 1], t[r:r + 1], beta[r:r + 1], name)
         assert torch.equal(mixed[r], alone[0])
@@ -229,18 +230,25 @@ def test_control_and_baseline_rules_follow_their_formulas():
     beta = torch.tensor([0.5, 1.0, 3.0])
     d = torch.randn(3, 12, generator=gen) * 5
     counts = torch.randint(0, 4, (3, 12), generator=gen).float()
-    signals = {"distiller": d, "presence": (counts > 0).float(), "frequency": counts}
+    prior = torch.randn(3, 12, generator=gen) * 50
+    signals = {"distiller": d, "random": prior, "presence": (counts > 0).float(), "frequency": counts}
     scaled = z / t[:, None]
     b = beta[:, None]
+    # The bounded random prior: centred, spread exactly the model's (it is drawn 25x wider).
+    pc = prior / t[:, None] - (prior / t[:, None]).mean(-1, keepdim=True)
+    bounded = pc * (scaled.std(-1, unbiased=False).clamp(min=0.5) / pc.std(-1, unbiased=False))[:, None]
     want = {
         "sharpen": (1 + b) * z / t[:, None],  # = contrastive with d = 0
         "group_presence": (z - b * (counts > 0).float()) / t[:, None],
         "group_frequency": (z - b * counts) / t[:, None],
         "contrastive": ((1 + b) * z - b * d) / t[:, None],
+        "temperature_after_truncation": z / (t[:, None] * (1 + b)),
+        "random_prior": scaled - b / (1 + b) * bounded,
     }
     for rule, expected in want.items():
-        got = reweighted_logits(scaled, signals, t, beta, rule)
-        assert torch.allclose(got, expected, atol=1e-5), rule
+        got = reweighted_logits(scaled, signals, t, beta, rule,
+                                tilt_bound=None if rule == "contrastive" else 1.0)
+        assert torch.allclose(got, expected, atol=1e-4), rule
     assert torch.allclose(reweighted_logits(scaled, signals, t, beta, "sharpen"),
                           reweighted_logits(scaled, torch.zeros_like(d), t, beta, "contrastive"))
 

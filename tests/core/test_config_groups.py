@@ -15,7 +15,8 @@ def test_defaults_are_valid_and_documented_values():
     assert (c.beta, c.rule, c.rank, c.lr, c.optimizer) == (1.0, "compensated", 64, 1e-3, "adam")
     assert (c.source_layer, c.source_site, c.target_site) == (2, "residual", "final_norm")
     assert (c.max_groups, c.bank_full_policy, c.apply_to_greedy) == (64, "stock", False)
-    assert not (c.prefill_warm_start or c.svd_warm_start) and c.training
+    assert c.prefill_warm_start and not c.svd_warm_start and c.training
+    assert (c.fit_gate, c.tilt_bound) == (True, 1.0)
 
 
 @pytest.mark.parametrize("field,value,message", [

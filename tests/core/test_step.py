@@ -19,7 +19,8 @@ H, V = 16, 300
 
 
 def _explorer(**kw):
-    cfg = ESampConfig(**{"rank": 8, "max_groups": 4, **kw})
+    """Reweighting mechanics are tested ungated (fit_gate=False); the gate has its own tests."""
+    cfg = ESampConfig(**{"rank": 8, "max_groups": 4, "fit_gate": False, **kw})
     w = torch.randn(V, H, generator=torch.Generator().manual_seed(123))
     return Explorer(cfg, H, w, device="cpu")
 
@@ -110,7 +111,7 @@ def test_greedy_rows_take_the_argmax_of_the_reweighted_logits_when_asked(rule):
             p_row = torch.softmax(batch.logits[i], -1).tolist()
             kept = [v for v, _ in ref_keep(p_row, 0, 1.0, 0.05)]
             ref = ref_scores(batch.logits[i].double().tolist(), kept, h_hat[i].double().tolist(),
-                             ex.lm_head_weight.double().tolist(), 1.0, 1.5, rule)
+                             ex.lm_head_weight.double().tolist(), 1.0, 1.5, rule, 1.0)
             assert int(tokens[i]) == max(ref, key=ref.get)
 
 
@@ -158,15 +159,19 @@ def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
     # The model is indifferent between a and b; everything else is far below.
     logits = torch.full((1, V), -20.0)
     logits[0, tok_a] = logits[0, tok_b] = 5.0
-    def esamp_probs(explorer):
+    def esamp_probs(explorer, bound=None):
+        # Raw d (bound None) compares what the Distillers learned; the server's bounded tilt
+        # caps a two-way tie's tilt at the floor, which keeps the direction only.
         h_hat = explorer.bank(x_rep[None], slot)
         cand = candidate_set(logits, torch.zeros(1, dtype=torch.int64), torch.ones(1),
                              torch.full((1,), 0.01), 16)
         d = distiller_logits(h_hat, explorer.lm_head_weight, cand.ids)
         p = torch.softmax(reweighted_logits(cand.logits, d, torch.ones(1), torch.ones(1),
-                                            "contrastive"), -1)[0]
+                                            "contrastive", bound), -1)[0]
         ids = cand.ids[0].tolist()
         return float(p[ids.index(tok_a)]), float(p[ids.index(tok_b)])
+    pa_bounded, pb_bounded = esamp_probs(ex, bound=1.0)
+    assert pa_bounded < pb_bounded
     pa, pb = esamp_probs(ex)
     pa0, _ = esamp_probs(fresh)
     assert pa < pb  # the repeated continuation is demoted ...
@@ -238,20 +243,82 @@ def test_frozen_rows_do_not_train_their_group():
     assert all(torch.equal(v[frozen], before[k]) for k, v in ex.bank.params.items())
 
 
-def test_min_train_steps_keeps_a_group_stock_until_its_distiller_has_trained():
-    ex = _explorer(min_train_steps=2)
-    a = ex.acquire_group("a")
-    gen = torch.Generator().manual_seed(47)
-    for step in range(4):
-        batch = _batch(gen, [a, a, a], [3.0, 3.0, 3.0])
+def _gated_run(ex, gen, slots, steps, beta=3.0):
+    """Run `steps` steps; per step (tokens, the stock tokens of the same draw)."""
+    out = []
+    for _ in range(steps):
+        batch = _batch(gen, slots, [beta] * len(slots), rules="compensated")
         state = gen.get_state()
         stock = _stock(batch, gen)()
         gen.set_state(state)
-        tokens = explore_step(ex, batch, _stock(batch, gen))
-        reweighted = ex.telemetry("a")["tokens_reweighted"]
-        if step < 2:  # 0 and 1 training steps taken before this step: stock tokens, none reweighted
-            assert torch.equal(tokens, stock) and reweighted == 0
-    assert reweighted > 0 and ex.telemetry("a")["steps_trained"] == 4
+        out.append((explore_step(ex, batch, _stock(batch, gen)), stock))
+    return out
+
+
+def test_a_distiller_at_init_leaves_every_token_exactly_stock():
+    ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0), H,
+                  torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
+    a = ex.acquire_group("a")
+    (tokens, stock), = _gated_run(ex, torch.Generator().manual_seed(47), [a, a, a], 1)
+    assert torch.equal(tokens, stock)
+    t = ex.telemetry("a")
+    assert t["gate"] == 0.0 and t["gate_r2"] is None and t["tokens_reweighted"] == 0
+
+
+def test_gate_follows_the_held_out_fit_and_opens_after_a_good_warm_start():
+    """g = clamp(R̄²/r2_full, 0, 1) with R̄² from an EMA of SSE and SST (checked by hand), and a
+    warm start on a learnable prompt opens it from the first token."""
+    gen = torch.Generator().manual_seed(5)
+    ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0, gate_window=4, gate_r2_full=0.5,
+                              warm_start_steps=200, warm_start_lr=1e-2), H,
+                  torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
+    a = ex.acquire_group("a")
+    # A learnable map: target = LN(source @ M) for a fixed M.
+    m = torch.randn(H, H, generator=gen) / H ** 0.5
+
+    def pairs(n):
+        x = F.layer_norm(torch.randn(n, H, generator=gen), (H,))
+        return x, F.layer_norm(x @ m, (H,))
+    xs, ys = pairs(64)
+    assert ex.warm_start_group("a", xs, ys)
+    t = ex.telemetry("a")
+    h = ex.bank(xs, torch.full((64,), a))
+    sse = float((h - ys).square().sum(-1).mean())
+    sst = float((ys - ys.mean(0)).square().sum(-1).mean())
+    assert t["warm_start_r2"] == pytest.approx(1 - sse / sst, rel=1e-4)
+    assert t["warm_start_r2"] > 0 and t["warm_start_positions"] == 64
+    assert t["gate"] == pytest.approx(min(1.0, max(0.0, (1 - sse / sst) / 0.5)), rel=1e-4)
+    assert t["gate"] > 0
+
+    # One decode step: the EMA moves a quarter of the way to this step's held-out SSE/SST.
+    ema_sse, ema_sst, mu, count = sse, sst, ys.mean(0), 64
+    x1, y1 = pairs(3)
+    batch = _batch(gen, [a] * 3, [3.0] * 3, rules="compensated")
+    batch.source, batch.target = x1, y1
+    pred = ex.bank(x1, torch.full((3,), a))
+    explore_step(ex, batch, _stock(batch, gen))
+    step_sse = float((pred - y1).square().sum(-1).mean())
+    step_sst = float((y1 - mu).square().sum(-1).mean())
+    ema_sse += 0.25 * (step_sse - ema_sse)
+    ema_sst += 0.25 * (step_sst - ema_sst)
+    t = ex.telemetry("a")
+    assert t["gate_r2"] == pytest.approx(1 - ema_sse / ema_sst, rel=1e-4)
+    assert t["tokens_reweighted"] == 3  # the gate was open for this step
+    assert torch.allclose(ex.gate.mean_target[a], (mu * count + y1.sum(0)) / (count + 3), atol=1e-5)
+
+
+def test_gate_stays_shut_for_an_unlearnable_stream_and_controls_are_not_gated():
+    gen = torch.Generator().manual_seed(6)
+    ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0, prefill_warm_start=False), H,
+                  torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
+    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    for tokens, stock in _gated_run(ex, gen, [a, a], 6):  # targets are noise: R̄² < 0
+        assert torch.equal(tokens, stock)
+    assert ex.telemetry("a")["gate"] == 0.0 and ex.telemetry("a")["gate_r2"] < 0
+    # The random prior and temperature after truncation are baselines: ungated from the first token.
+    batch = _batch(gen, [b, b], [3.0, 3.0], rules=["random_prior", "temperature_after_truncation"])
+    explore_step(ex, batch, _stock(batch, gen))
+    assert ex.telemetry("b")["tokens_reweighted"] == 2
 
 
 def test_explore_step_under_inference_mode():
