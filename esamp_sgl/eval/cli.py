@@ -14,10 +14,12 @@ from typing import Any, Iterator
 
 from esamp_sgl.eval import report
 from esamp_sgl.eval.analysis import pareto_front
-from esamp_sgl.eval.arms import PRESETS, parse_arms
+from esamp_sgl.eval.arms import PRESETS, PRIMARY_ARM, parse_arm, parse_arms
+from esamp_sgl.eval.tasks import FILE_TASK_DEFAULTS, GENERATED_TASKS, TASK_DEFAULTS, load_tasks
 
 
-def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: int) -> None:
+def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: int | None,
+            max_tokens_default: str | None = None) -> None:
     parser.add_argument("--url", help="a running server started with --sampling-backend esamp "
                                       "(default: start one on --model-path)")
     parser.add_argument("--model-path", help="HF model folder (default: the bundled SmolLM2-135M-Instruct); "
@@ -26,7 +28,11 @@ def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: in
                         help=f"a preset ({', '.join(PRESETS)}) or ';'-separated specs like "
                              f"'stock:T=0.7,min_p=0.05;esamp:rule=compensated,beta=3,min_p=0.05' (default {preset})")
     parser.add_argument("--n", type=int, default=n, help=f"samples per prompt and arm (default {n})")
-    parser.add_argument("--max-tokens", type=int, default=max_tokens, help=f"new tokens per sample (default {max_tokens})")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens,
+                        help=f"new tokens per sample (default {max_tokens_default or max_tokens})")
+    parser.add_argument("--primary", metavar="ARM_SPEC",
+                        help=f"the arm of the pre-registered contrast (default {PRIMARY_ARM}); "
+                             "it must be one of --arms")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--output", required=True, help="directory for the JSON, PNG and markdown results")
 
@@ -40,6 +46,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: di
         args.arm_list = parse_arms(args.arms)
     except ValueError as exc:
         parser.error(f"--arms: {exc}")
+    try:
+        args.primary_arm = parse_arm(args.primary or PRIMARY_ARM)
+    except ValueError as exc:
+        parser.error(f"--primary: {exc}")
+    names = [a.name for a in args.arm_list]
+    if args.primary and args.primary_arm.name not in names:  # the default may be absent: reported, not fatal
+        parser.error(f"--primary {args.primary_arm.name} must be one of --arms: {', '.join(names)}")
 
 
 @contextlib.contextmanager
@@ -131,10 +144,10 @@ def diversity_main(argv: list[str]) -> int:
         # The generations are the expensive part: keep them before anything else can fail.
         report.write_json(out / "raw.json", {"model": str(model), "server": server_info, "results": results})
     records = diversity.score(results, prompts, embedder)
-    analysis = diversity.analyze(records, args.arm_list)
+    analysis = diversity.analyze(records, args.arm_list, args.primary_arm)
     config = {"command": "esamp-sgl eval " + " ".join(["diversity"] + argv), "model": str(model),
               "prompts": prompts, "n": args.n, "max_tokens": args.max_tokens, "replicates": args.replicates,
-              "concurrency": args.concurrency, "server": server_info,
+              "concurrency": args.concurrency, "server": server_info, "primary": args.primary_arm.name,
               "arms": [{"name": a.name, "family": a.family, **a.model_dump(), "sampling_params": a.sampling_params()}
                        for a in args.arm_list],
               "wall_s": time.time() - started}
@@ -184,7 +197,29 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
         else:
             crow.append([label, _fmt_diff(value), "", "", ""])
     lines.append(report.markdown_table(["contrast", "ΔVendi (or Δgain)", "ΔNLL", "Δdistinct-2", "Δrep-3"], crow))
+    lines += _preregistered_lines(analysis["preregistered"])
     (out / "diversity.md").write_text("\n".join(lines) + "\n")
+
+
+def _preregistered_lines(pre: dict[str, Any]) -> list[str]:
+    """The diversity report's "Pre-registered contrast" section."""
+    primary = pre["primary"]
+    lines = ["", "## Pre-registered contrast", "",
+             f"Primary: {pre['primary_arm']}'s Vendi at matched NLL minus the *strongest* baseline family's curve "
+             "(the family with the highest mean curve value at the arm's NLL, chosen after the fact: conservative). "
+             "Secondary, same code: the ESamp arm's gain minus its control's gain against that family's curve. "
+             "Per prompt; 95 % intervals from the paired t test and a BCa bootstrap (scipy.stats, fixed seed).", ""]
+    if primary:
+        lines += [report.markdown_table(["baseline family (curve)", "arms", "mean curve value at matched NLL",
+                                         f"mean gain of {pre['primary_arm']}"],
+                                        [[f + (" ← strongest" if f == primary["strongest_family"] else ""),
+                                          ", ".join(v["arms"]), f"{v['mean_at_matched_quality']:.3f}",
+                                          f"{v['mean_gain']:+.3f}"] for f, v in primary["families"].items()]), ""]
+    rows = [report.contrast_row(f"primary: {pre['primary_arm']} − strongest baseline"
+                                + (f" ({primary['strongest_family']})" if primary else ""), primary)]
+    rows += [report.contrast_row(label, stat) for label, stat in pre["secondary"].items()]
+    lines.append(report.markdown_table(report.CONTRAST_HEADER, rows))
+    return lines + report.bullet_lines(pre["notes"])
 
 
 def _fmt_diff(stat: dict[str, Any] | None) -> str:
@@ -198,26 +233,32 @@ def passk_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="esamp-sgl eval passk", description=__import__(
         "esamp_sgl.eval.passk", fromlist=["x"]).__doc__)
     parser.add_argument("--task", default="arithmetic",
-                        help="'arithmetic' (generated) or a JSONL file with 'prompt' and 'answer' or 'tests'")
-    parser.add_argument("--count", type=int, default=40, help="arithmetic: number of problems (default 40)")
+                        help=f"{' or '.join(repr(t) for t in GENERATED_TASKS)} (generated: 3-shot completion "
+                             "arithmetic; two-step word problems answered by a chat model with a worked solution "
+                             "ending in 'Answer: N') or a JSONL file with 'prompt' and 'answer' or 'tests' "
+                             "(default arithmetic)")
+    parser.add_argument("--count", type=int, default=40, help="generated tasks: number of problems (default 40)")
     parser.add_argument("--difficulty", type=int, default=1,
-                        help="arithmetic: 1-5 (default 1: SmolLM2-135M greedy accuracy 22.5%% on 40 tasks)")
-    parser.add_argument("--seed", type=int, default=0, help="arithmetic: generator seed (default 0)")
+                        help="generated tasks: 1-5 (default 1; arithmetic: SmolLM2-135M greedy accuracy 22.5%% "
+                             "on 40 tasks; worked: not calibrated)")
+    parser.add_argument("--seed", type=int, default=0, help="generated tasks: generator seed (default 0)")
     parser.add_argument("--k", default=None, help="comma-separated k values (default: powers of 2 up to n)")
     parser.add_argument("--stop", default=None,
-                        help="stop string; default: newline for the arithmetic task, none for files")
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template "
-                                                            "(default: plain completion)")
-    _common(parser, "passk", n=16, max_tokens=8)
+                        help="stop string; default: newline for arithmetic, none for worked and files")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap each prompt in the chat template (default: on for worked, off for arithmetic "
+                             "and files, which are plain completion)")
+    _common(parser, "passk", n=16, max_tokens=None, max_tokens_default=", ".join(
+        f"{t}: {d.max_tokens}" for t, d in TASK_DEFAULTS.items()) + f", files: {FILE_TASK_DEFAULTS.max_tokens}")
     args = parser.parse_args(argv)
+    defaults = TASK_DEFAULTS.get(args.task, FILE_TASK_DEFAULTS)
+    if args.max_tokens is None:
+        args.max_tokens = defaults.max_tokens
     _check(parser, args, {"n": (1, 256), "max_tokens": (1, 4096), "concurrency": (1, 256),
                           "count": (1, 10_000), "difficulty": (1, 5)})
-    from transformers import AutoTokenizer
-
-    from esamp_sgl.eval import passk
-    from esamp_sgl.eval.client import ServerClient
-    from esamp_sgl.eval.tasks import load_tasks
-
+    if args.max_tokens < defaults.min_max_tokens:
+        parser.error(f"--max-tokens must be in [{defaults.min_max_tokens}, 4096] for --task {args.task} (room for "
+                     f"the worked solution and its 'Answer:' line), got {args.max_tokens}")
     try:
         tasks = load_tasks(args.task, args.count, args.difficulty, args.seed)
         ks = [int(k) for k in args.k.split(",")] if args.k else None
@@ -225,12 +266,18 @@ def passk_main(argv: list[str]) -> int:
         parser.error(str(exc))
     if ks and not all(1 <= k <= args.n for k in ks):
         parser.error(f"--k values must be in [1, --n={args.n}], got {args.k}")
-    stop = [args.stop] if args.stop else (["\n"] if args.task == "arithmetic" else None)
+    from transformers import AutoTokenizer
+
+    from esamp_sgl.eval import passk
+    from esamp_sgl.eval.client import ServerClient
+
+    stop = [args.stop] if args.stop else (list(defaults.stop) if defaults.stop else None)
+    chat = defaults.chat if args.chat is None else args.chat
     out = Path(args.output)
     started = time.time()
     with _server(args) as (url, model, server_info):
         tok = AutoTokenizer.from_pretrained(model)
-        if args.chat:
+        if chat:
             prompt_ids = [tok.apply_chat_template([{"role": "user", "content": t["prompt"]}], tokenize=True,
                                                   add_generation_prompt=True, return_dict=False) for t in tasks]
         else:
@@ -238,9 +285,11 @@ def passk_main(argv: list[str]) -> int:
         with _bar(len(tasks) * (len(args.arm_list) + 1), "pass@k") as bar:
             result = passk.run(ServerClient(url), tasks, prompt_ids, args.arm_list, args.n, args.max_tokens,
                                stop, args.concurrency, bar.update, ks=ks)
+    result["preregistered"] = passk.preregistered(result, args.arm_list, args.primary_arm, args.n)
     config = {"command": "esamp-sgl eval " + " ".join(["passk"] + argv), "model": str(model),
               "task": args.task, "count": len(tasks), "difficulty": args.difficulty, "seed": args.seed,
-              "n": args.n, "max_tokens": args.max_tokens, "stop": stop, "server": server_info,
+              "n": args.n, "max_tokens": args.max_tokens, "stop": stop, "chat": chat, "server": server_info,
+              "primary": args.primary_arm.name,
               "arms": [{"name": a.name, **a.model_dump(), "sampling_params": a.sampling_params()} for a in args.arm_list],
               "tasks": tasks, "wall_s": time.time() - started}
     report.write_json(out / "passk.json", {"config": config, **result})
@@ -254,7 +303,8 @@ def passk_main(argv: list[str]) -> int:
     (out / "passk.md").write_text("\n".join([
         f"# pass@k — {config['model']}", "", f"`{config['command']}`", "",
         f"{len(tasks)} tasks × n={args.n}; greedy accuracy {result['greedy_accuracy']:.1%}; "
-        "mean ± s.e. over tasks.", "", report.markdown_table(header, rows)]) + "\n")
+        "mean ± s.e. over tasks.", "", report.markdown_table(header, rows),
+        *_passk_preregistered_lines(result["preregistered"])]) + "\n")
     print(f"greedy accuracy {result['greedy_accuracy']:.1%}; " + "; ".join(
         f"{n}: pass@1 {s['pass_at_k'][result['ks'][0]]['mean']:.3f}, pass@{result['ks'][-1]} "
         f"{s['pass_at_k'][result['ks'][-1]]['mean']:.3f}" for n, s in result["summary"].items()), file=sys.stderr)
@@ -262,11 +312,29 @@ def passk_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"diversity": diversity_main, "passk": passk_main}
+def _passk_preregistered_lines(pre: dict[str, Any]) -> list[str]:
+    """The pass@k report's "Pre-registered contrast" section (the do-no-harm check)."""
+    rows = [report.contrast_row(f"{label}: {pre['primary_arm']} − {pre['baseline_arm']}", pre[key])
+            for key, label in (("pass_at_k", f"pass@{pre['k']}"), ("distinct_answers", "distinct answers"))]
+    return ["", "## Pre-registered contrast", "",
+            "Do no harm: the default ESamp arm minus stock sampling at its temperature and filters, paired over "
+            "tasks; 95 % intervals from the paired t test and a BCa bootstrap (scipy.stats, fixed seed).", "",
+            report.markdown_table(report.CONTRAST_HEADER, rows)] + report.bullet_lines(pre["notes"])
+
+
+# -- exact pass@n over the candidate tree ---------------------------------------------------------------
+def exact_main(argv: list[str]) -> int:
+    """`esamp-sgl eval exact`: no server; the parser and the run live in esamp_sgl.eval.exact."""
+    from esamp_sgl.eval.exact import main as run_exact
+
+    return run_exact(argv)
+
+
+COMMANDS = {"diversity": diversity_main, "passk": passk_main, "exact": exact_main}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
-        print("usage: esamp-sgl eval {diversity,passk} [--help]", file=sys.stderr)
+        print(f"usage: esamp-sgl eval {{{','.join(COMMANDS)}}} [--help]", file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])

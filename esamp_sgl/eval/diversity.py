@@ -7,6 +7,11 @@ rotating order) and several in flight, so arms share batches and machine noise. 
 numbers across arms are not available: SGLang 0.5.23 honours a per-request `sampling_seed` only
 under --enable-deterministic-inference and refuses it with min-p, and ESamp draws from one server
 generator. Replicates and per-prompt pairing carry the comparison instead.
+
+Pre-registered contrast (`preregistered`): the default ESamp arm (arms.PRIMARY_ARM, or `--primary`)
+against the strongest of the baseline families (stock T sweep, temperature after truncation, the
+presence penalty) at matched NLL; the trained-vs-frozen and ESamp-vs-random-prior controls through
+the same code.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from esamp_sgl.eval import analysis
-from esamp_sgl.eval.arms import Arm
+from esamp_sgl.eval.arms import PRIMARY_ARM, Arm, parse_arm
 from esamp_sgl.eval.client import Generation, ServerClient
 from esamp_sgl.eval.metrics import distinct_n, mean_pairwise_cosine_distance, repetition_rate, vendi_score
 
@@ -100,7 +105,18 @@ def score(results: list[dict[str, Any]], prompts: Sequence[str], embed: Callable
     return records
 
 
-def analyze(records: list[dict[str, Any]], arms: Sequence[Arm]) -> dict[str, Any]:
+# The baselines ESamp must beat, each a curve: the temperature sweep, temperature after truncation
+# (a sweep of T'), and the sibling-aware presence penalty (a β sweep).
+BASELINE_KINDS = ("stock", "tat", "presence")
+# Control kind -> (the ESamp rule it is paired with; None: the control's own rule), what the pair isolates.
+_CONTROLS = {"frozen": (None, "test-time training"),
+             "random": ("compensated", "the Distiller's d vs a random prior"),
+             "sharpen": ("contrastive", "the Distiller's d vs d = 0")}
+PREREGISTERED_CONTROLS = ("frozen", "random")
+
+
+def analyze(records: list[dict[str, Any]], arms: Sequence[Arm], primary: Arm | None = None) -> dict[str, Any]:
+    """primary: the arm of the pre-registered contrast (default: arms.PRIMARY_ARM)."""
     names = [a.name for a in arms]
     families: dict[str, list[str]] = {}
     for a in arms:
@@ -125,24 +141,70 @@ def analyze(records: list[dict[str, Any]], arms: Sequence[Arm]) -> dict[str, Any
     points = {a: (out["summary"][a]["nll"]["mean"], out["summary"][a]["vendi"]["mean"]) for a in names}
     out["pareto_front"] = analysis.pareto_front(points)
     out["contrasts"] = _contrasts(records, arms, out)
+    out["preregistered"] = preregistered(records, arms, primary or parse_arm(PRIMARY_ARM))
+    return out
+
+
+def baseline_families(arms: Sequence[Arm], like: Arm) -> dict[str, list[str]]:
+    """{family: arm names} of the baseline kinds under `like`'s filters (and, for the kinds that sweep
+    something other than T, at its T): the curves `like` is compared against at matched NLL."""
+    out: dict[str, list[str]] = {}
+    for a in arms:
+        if a.kind in BASELINE_KINDS and (a.min_p, a.top_p) == (like.min_p, like.top_p) \
+                and (a.kind == "stock" or a.temperature == like.temperature):
+            out.setdefault(a.family, []).append(a.name)
+    return out
+
+
+def control_pairs(arms: Sequence[Arm], kinds: Sequence[str] = tuple(_CONTROLS)) -> list[tuple[Arm, Arm, str]]:
+    """(ESamp arm, its control of one of `kinds` at the same T/filters/β, what the pair isolates)."""
+    settings = lambda a: (a.temperature, a.top_p, a.min_p, a.beta)
+    pairs = []
+    for control in arms:
+        if control.kind not in kinds:
+            continue
+        rule, what = _CONTROLS[control.kind]
+        pairs += [(a, control, what) for a in arms if a.kind == "esamp" and a.rule == (rule or control.rule)
+                  and settings(a) == settings(control)]
+    return pairs
+
+
+def preregistered(records: list[dict[str, Any]], arms: Sequence[Arm], primary: Arm,
+                  metric: str = "vendi") -> dict[str, Any]:
+    """The pre-registered analysis: the primary arm's Vendi at matched NLL minus the strongest baseline
+    family's curve (analysis.matched_contrast; conservative), and, through the same code, the
+    secondary contrasts trained − frozen and ESamp − random prior (difference of their gains against
+    the strongest family's curve). A contrast that cannot be computed (arm not run, no baseline curve)
+    is null, with the reason in `notes`."""
+    names = {a.name for a in arms}
+    out: dict[str, Any] = {"primary_arm": primary.name, "metric": metric, "quality": "nll",
+                           "baseline_families": baseline_families(arms, primary), "primary": None,
+                           "secondary": {}, "notes": []}
+    if primary.name not in names:
+        out["notes"].append(f"primary arm {primary.name} is not among the arms run")
+    else:
+        out["primary"] = analysis.matched_contrast(records, primary.name, out["baseline_families"], metric=metric)
+        if out["primary"] is None:
+            out["notes"].append(f"primary: no baseline family has a curve (>= 2 arms) on the prompts of "
+                                f"{primary.name}; families: {sorted(out['baseline_families'])}")
+    for a, control, what in control_pairs(arms, PREREGISTERED_CONTROLS):
+        label = f"{a.name} − {control.name} ({what})"
+        out["secondary"][label] = analysis.matched_contrast(records, a.name, baseline_families(arms, a),
+                                                            other=control.name, metric=metric)
+        if out["secondary"][label] is None:
+            out["notes"].append(f"{label}: no baseline curve to match NLL against")
     return out
 
 
 def _contrasts(records: list[dict[str, Any]], arms: Sequence[Arm], result: dict[str, Any]) -> dict[str, Any]:
-    """The mechanism checks: trained vs frozen, Distiller vs d = 0, ESamp vs the sibling baseline."""
+    """The mechanism checks (paired raw differences): trained vs frozen, Distiller vs random prior,
+    Distiller vs d = 0; and the best ESamp arm vs the best sibling baseline at matched NLL."""
     by_name = {a.name: a for a in arms}
     contrasts: dict[str, Any] = {}
-    same = lambda a, b: (a.temperature, a.top_p, a.min_p, a.beta) == (b.temperature, b.top_p, b.min_p, b.beta)
-    for a in arms:
-        for b in arms:
-            label = None
-            if a.kind == "esamp" and b.kind == "frozen" and a.rule == b.rule and same(a, b):
-                label = f"{a.name} − {b.name} (test-time training)"
-            elif a.kind == "esamp" and a.rule == "contrastive" and b.kind == "sharpen" and same(a, b):
-                label = f"{a.name} − {b.name} (the Distiller's d vs d = 0)"
-            if label:
-                contrasts[label] = {m: analysis.paired_difference(records, a.name, b.name, m)
-                                    for m in ("vendi", "nll", "distinct_2", "rep3")}
+    for a, control, what in control_pairs(arms):
+        contrasts[f"{a.name} − {control.name} ({what})"] = {
+            m: analysis.paired_difference(records, a.name, control.name, m)
+            for m in ("vendi", "nll", "distinct_2", "rep3")}
     # Best ESamp arm vs best sibling-penalty arm by matched-NLL Vendi gain (same reference curve).
     gains = result["matched_nll_gain"].get("vendi", {})
     for family, table in gains.items():
@@ -154,7 +216,7 @@ def _contrasts(records: list[dict[str, Any]], arms: Sequence[Arm], result: dict[
         baselines = [best[k] for k in ("presence", "frequency") if k in best]
         if "esamp" in best and baselines:
             base = max(baselines, key=lambda n: table[n]["mean"])
-            diff = analysis.gain_difference(table[best["esamp"]], table[base])
+            diff = analysis.paired_contrast(table[best["esamp"]]["per_prompt"], table[base]["per_prompt"])
             contrasts[f"best ESamp ({best['esamp']}) − best sibling baseline ({base}), Vendi gain vs {family}"] = diff
     return contrasts
 

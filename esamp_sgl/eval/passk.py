@@ -1,7 +1,11 @@
 """`esamp-sgl eval passk`: n samples per task and arm (one request → one fork group), verified by
 the programs' verifiers (exact numeric answer, or Python tests in the sandbox); unbiased pass@k,
 distinct answers, distinct correct answers and majority-vote accuracy; greedy accuracy as the
-calibration reference (the task is only informative where it is neither ~0 nor ~1)."""
+calibration reference (the task is only informative where it is neither ~0 nor ~1).
+
+Pre-registered "do no harm" check (`preregistered`): the default ESamp arm (arms.PRIMARY_ARM, or
+`--primary`) minus stock sampling at the same T and filters, paired over tasks, in pass@16 and in
+distinct answers, with 95 % intervals (paired t and bootstrap)."""
 
 from __future__ import annotations
 
@@ -11,15 +15,26 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from esamp_sgl.eval import analysis
 from esamp_sgl.eval.arms import Arm
 from esamp_sgl.eval.client import ServerClient
 from esamp_sgl.eval.metrics import mean_and_sem, pass_at_k
+from esamp_sgl.eval.tasks import worked_answer_text
+
+
+def answer_text(task: dict[str, Any], text: str) -> str:
+    """Where an answer task's number is read: the 'Answer:' line for "extract": "answer_line"
+    (worked solutions), else the whole text (its last number)."""
+    return worked_answer_text(text) if task.get("extract") == "answer_line" else text
 
 
 def verifier_for(task: dict[str, Any]):
     from programs.verifiers import MathAnswerVerifier, PythonTestsVerifier
 
-    return MathAnswerVerifier(task["answer"]) if "answer" in task else PythonTestsVerifier(task["tests"])
+    if "answer" not in task:
+        return PythonTestsVerifier(task["tests"])
+    verify = MathAnswerVerifier(task["answer"])
+    return lambda text: verify(answer_text(task, text))
 
 
 def _answer_key(task: dict[str, Any], text: str) -> str:
@@ -28,7 +43,7 @@ def _answer_key(task: dict[str, Any], text: str) -> str:
     if "answer" in task:
         from programs.verifiers import extract_number
 
-        value = extract_number(text)
+        value = extract_number(answer_text(task, text))
         return "none" if value is None else str(value)
     return " ".join(text.split())
 
@@ -77,6 +92,30 @@ def run(client: ServerClient, tasks: Sequence[dict[str, Any]], prompt_ids: Seque
     greedy = per_task["greedy"]
     return {"ks": ks, "greedy_accuracy": float(np.mean([greedy[t]["correct"] for t in greedy])),
             "summary": summary, "per_task": per_task}
+
+
+PRIMARY_K = 16  # the pre-registered pass@k (smaller n: k = n)
+
+
+def preregistered(result: dict[str, Any], arms: Sequence[Arm], primary: Arm, n: int) -> dict[str, Any]:
+    """The "do no harm" check: the primary ESamp arm minus stock sampling at its T and filters, paired
+    over tasks, in pass@PRIMARY_K (k = n when n is smaller) and in distinct answers, with the
+    same statistics as the diversity contrasts (analysis.paired_contrast: 95 % t and bootstrap
+    intervals, p, win rate). Null with the reason in `notes` when either arm was not run."""
+    baseline = Arm(kind="stock", temperature=primary.temperature, top_p=primary.top_p, min_p=primary.min_p)
+    k = min(PRIMARY_K, n)
+    out: dict[str, Any] = {"primary_arm": primary.name, "baseline_arm": baseline.name, "k": k,
+                           "pass_at_k": None, "distinct_answers": None, "notes": []}
+    missing = [a.name for a in (primary, baseline) if a.name not in {x.name for x in arms}]
+    if missing:
+        out["notes"].append(f"not among the arms run: {', '.join(missing)}")
+        return out
+    rows = {name: result["per_task"][name] for name in (primary.name, baseline.name)}
+    per_task = lambda name, value: {t: value(row) for t, row in rows[name].items()}
+    for key, value in (("pass_at_k", lambda row: pass_at_k(n, row["correct"], k)),
+                       ("distinct_answers", lambda row: float(row["distinct_answers"]))):
+        out[key] = analysis.paired_contrast(per_task(primary.name, value), per_task(baseline.name, value))
+    return out
 
 
 def _ms(values: Sequence[float]) -> dict[str, float]:

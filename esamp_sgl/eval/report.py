@@ -30,6 +30,25 @@ def fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {sem:.{digits}f}"
 
 
+CONTRAST_HEADER = ("contrast", "mean difference", "95 % CI (paired t)", "95 % CI (bootstrap)", "t", "p",
+                   "win rate", "n")
+
+
+def contrast_row(label: str, stat: dict[str, Any] | None) -> list[str]:
+    """One row under CONTRAST_HEADER for an analysis.contrast_stats result (None: not computed)."""
+    if not stat or math.isnan(stat["mean"]):
+        return [label, "n/a"] + [""] * (len(CONTRAST_HEADER) - 2)
+    interval = lambda ci: "n/a" if math.isnan(ci[0]) else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    number = lambda x, spec: "n/a" if math.isnan(x) else format(x, spec)
+    return [label, f"{stat['mean']:+.3f}", interval(stat["ci95_t"]), interval(stat["ci95_bootstrap"]),
+            number(stat["t"], ".2f"), number(stat["p"], ".3g"), f"{stat['win_rate']:.0%}", str(stat["prompts"])]
+
+
+def bullet_lines(notes: Sequence[str]) -> list[str]:
+    """A markdown list after a blank line (nothing for no notes)."""
+    return [""] + [f"* {note}" for note in notes] if notes else []
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -5,14 +5,21 @@
   integer answers. Difficulty 1–5 scales the numbers and operations; calibrated on
   SmolLM2-135M-Instruct so that its greedy accuracy is in the 20–60 % band where pass@k can move
   (measured numbers in docs/results/).
+* `worked_tasks(count, difficulty, seed)`: two-step word problems (items in groups, prices and
+  change, comparisons, fair shares) for a chat model that writes a short worked solution and ends
+  with `Answer: <number>`; `extract_worked_answer` reads that line. Difficulty 1–5 scales the numbers
+  and adds problem kinds (not yet calibrated on a model).
+* `TASK_DEFAULTS`: per generated task, the generation settings the pass@k CLI uses by default.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 CREATIVE_PROMPTS = (
     "Invent a name and a one-line description for a new board game.",
@@ -88,10 +95,7 @@ def _problem(rng: random.Random, difficulty: int) -> tuple[str, int]:
 def arithmetic_tasks(count: int = 40, difficulty: int = 3, seed: int = 0, shots: int = 3) -> list[dict[str, Any]]:
     """`count` few-shot completion problems: {"prompt", "answer", "question"}. The prompt shows
     `shots` worked examples ("Q: ...\\nA: 109\\n") and ends with "A:"; generate with stop "\\n"."""
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
-    if not 1 <= count <= 10_000:
-        raise ValueError(f"count must be in [1, 10000], got {count}")
+    _check_generator_args(count, difficulty, shots)
     rng = random.Random(f"arithmetic-{difficulty}-{seed}")
     tasks = []
     for _ in range(count):
@@ -100,6 +104,124 @@ def arithmetic_tasks(count: int = 40, difficulty: int = 3, seed: int = 0, shots:
         shown = "".join(f"Q: {q}\nA: {a}\n" for q, a in examples)
         tasks.append({"prompt": f"{shown}Q: {question}\nA:", "answer": str(answer), "question": question})
     return tasks
+
+
+# -- worked solutions ----------------------------------------------------------------------------------
+# (singular, plural) so a price can name one item and a purchase several.
+_GOODS = (("notebook", "notebooks"), ("pencil", "pencils"), ("ticket", "tickets"), ("apple", "apples"),
+          ("cup", "cups"), ("plant", "plants"), ("toy car", "toy cars"), ("sticker", "stickers"))
+_CONTAINERS = ("boxes", "bags", "packs", "crates", "jars")
+# difficulty: (smallest, largest plain number; smallest, largest group size or price), and the kinds.
+_WORKED_NUMBERS = {1: (2, 9, 2, 5), 2: (5, 20, 2, 9), 3: (10, 60, 2, 9), 4: (20, 200, 3, 15), 5: (20, 200, 3, 15)}
+_WORKED_KINDS = {1: ("groups", "compare"), 2: ("groups", "compare", "price"),
+                 3: ("groups", "compare", "price", "share"), 4: ("groups", "compare", "price", "share"),
+                 5: ("three_steps", "price", "share")}
+WORKED_INSTRUCTION = ("Solve the problem. Write a short worked solution (one or two lines), then end with "
+                      "a line 'Answer: <number>'.")
+
+
+def _worked_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
+    """One (question, worked solution ending in 'Answer: N', N); every answer a positive integer.
+    groups: g containers of k plus e loose; compare: a, and b more than a, together; price: change
+    from a note after q items at p each; share: a + b shared equally by g; three_steps: groups, then
+    some given away."""
+    lo, hi, small_lo, small_hi = _WORKED_NUMBERS[difficulty]
+    kind = rng.choice(_WORKED_KINDS[difficulty])
+    name, other = rng.sample(_NAMES, 2)
+    one, many = rng.choice(_GOODS)
+    box = rng.choice(_CONTAINERS)
+    g, k = rng.randint(small_lo, small_hi), rng.randint(small_lo, small_hi)
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    if kind == "groups":
+        return (f"{name} has {g} {box} with {k} {many} in each, and {a} more {many}. How many {many} "
+                f"does {name} have?", f"{g} × {k} = {g * k}. {g * k} + {a} = {g * k + a}.", g * k + a)
+    if kind == "compare":
+        return (f"{name} has {a} {many}. {other} has {b} more {many} than {name}. How many {many} do they "
+                f"have together?", f"{other} has {a} + {b} = {a + b}. {a} + {a + b} = {2 * a + b}.", 2 * a + b)
+    if kind == "price":
+        cost, change = g * k, rng.randint(1, hi)
+        return (f"One {one} costs {k} dollars. {name} buys {g} {many} and pays with {cost + change} dollars. "
+                f"How many dollars of change does {name} get?",
+                f"{g} × {k} = {cost}. {cost + change} − {cost} = {change}.", change)
+    if kind == "share":
+        total = g * k
+        first = rng.randint(1, total - 1)
+        return (f"{name} has {first} {many} and gets {total - first} more, then shares them equally among "
+                f"{g} friends. How many {many} does each friend get?",
+                f"{first} + {total - first} = {total}. {total} ÷ {g} = {k}.", k)
+    given = rng.randint(1, g * k + a - 1)
+    return (f"{name} has {g} {box} with {k} {many} in each and {a} more {many}, then gives {given} away. "
+            f"How many {many} does {name} have left?",
+            f"{g} × {k} = {g * k}. {g * k} + {a} = {g * k + a}. {g * k + a} − {given} = {g * k + a - given}.",
+            g * k + a - given)
+
+
+def worked_tasks(count: int = 40, difficulty: int = 1, seed: int = 0, shots: int = 1) -> list[dict[str, Any]]:
+    """`count` word problems for a chat model: {"prompt", "answer", "question", "solution",
+    "extract": "answer_line"}. The prompt (to be wrapped in the chat template) gives the
+    instruction, `shots` solved examples in the expected format, then the problem; verify with
+    `extract_worked_answer` (what "extract": "answer_line" selects in the pass@k verifier)."""
+    _check_generator_args(count, difficulty, shots)
+    rng = random.Random(f"worked-{difficulty}-{seed}")
+    tasks = []
+    for _ in range(count):
+        examples = [_worked_problem(rng, difficulty) for _ in range(shots)]
+        question, solution, answer = _worked_problem(rng, difficulty)
+        shown = "".join(f"Example problem: {q}\nExample solution: {s}\nAnswer: {n}\n\n" for q, s, n in examples)
+        tasks.append({"prompt": f"{WORKED_INSTRUCTION}\n\n{shown}Problem: {question}", "answer": str(answer),
+                      "question": question, "solution": f"{solution}\nAnswer: {answer}", "extract": "answer_line"})
+    return tasks
+
+
+_ANSWER_MARK = re.compile(r"answer\s*:", re.IGNORECASE)
+_PLAIN_NUMBER = re.compile(r"[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?")
+
+
+def worked_answer_text(text: str) -> str:
+    """The part of a worked solution that holds its answer: the number right after the last
+    'Answer:' (case-insensitive; '**Answer:** $1,200 total' → '1,200'), else — no marker, or no
+    number after it — the whole text. The marker wins over later numbers because a worked
+    solution's last number is often an intermediate or a restated quantity."""
+    marks = list(_ANSWER_MARK.finditer(text))
+    number = _PLAIN_NUMBER.search(text, marks[-1].end()) if marks else None
+    return number.group() if number else text
+
+
+def extract_worked_answer(text: str) -> Fraction | None:
+    """The answer's value: the verifiers' `extract_number` on `worked_answer_text`, so without an
+    'Answer:' number it is the text's last number (or its last \\boxed{}); None without any number."""
+    from programs.verifiers import extract_number
+
+    return extract_number(worked_answer_text(text))
+
+
+def _check_generator_args(count: int, difficulty: int, shots: int) -> None:
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if not 1 <= count <= 10_000:
+        raise ValueError(f"count must be in [1, 10000], got {count}")
+    if not 0 <= shots <= 8:
+        raise ValueError(f"shots must be in [0, 8], got {shots}")
+
+
+class TaskDefaults(NamedTuple):
+    """How the pass@k CLI runs a generated task unless told otherwise."""
+    max_tokens: int
+    min_max_tokens: int  # fewer new tokens cannot hold the expected answer format
+    stop: tuple[str, ...] | None
+    chat: bool
+
+
+TASK_DEFAULTS = {
+    "arithmetic": TaskDefaults(max_tokens=8, min_max_tokens=1, stop=("\n",), chat=False),  # few-shot completion
+    # a worked solution plus its 'Answer:' line; the chat model ends it with its end-of-turn token
+    "worked": TaskDefaults(max_tokens=64, min_max_tokens=32, stop=None, chat=True),
+}
+GENERATED_TASKS = tuple(TASK_DEFAULTS)
+# How an answer task's text becomes its number: the last number (the verifiers' default) or the
+# number after the last 'Answer:' line (worked solutions).
+EXTRACTORS = ("last_number", "answer_line")
+FILE_TASK_DEFAULTS = TaskDefaults(max_tokens=8, min_max_tokens=1, stop=None, chat=False)
 
 
 def load_prompts(spec: str) -> list[str]:
@@ -129,13 +251,15 @@ def load_prompts(spec: str) -> list[str]:
 
 
 def load_tasks(spec: str, count: int = 40, difficulty: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-    """'arithmetic' (generated) or a JSONL file with `prompt` and `answer` (exact number) or
-    `tests` (a list of Python test snippets for the sandboxed code verifier)."""
-    if spec == "arithmetic":
-        return arithmetic_tasks(count, difficulty, seed)
+    """'arithmetic' or 'worked' (generated) or a JSONL file with `prompt` and `answer` (exact number)
+    or `tests` (a list of Python test snippets for the sandboxed code verifier); an answer task may
+    set "extract": "answer_line" to be verified by `extract_worked_answer`."""
+    if spec in GENERATED_TASKS:
+        return {"arithmetic": arithmetic_tasks, "worked": worked_tasks}[spec](count, difficulty, seed)
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"--task must be 'arithmetic' or an existing JSONL file, got {spec!r}")
+        allowed = ", ".join(f"'{t}'" for t in GENERATED_TASKS)
+        raise ValueError(f"--task must be one of {allowed} or an existing JSONL file, got {spec!r}")
     tasks = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -148,6 +272,9 @@ def load_tasks(spec: str, count: int = 40, difficulty: int = 3, seed: int = 0) -
             raise ValueError(f"{path}:{number}: needs a string 'prompt'")
         if ("answer" in task) == ("tests" in task):
             raise ValueError(f"{path}:{number}: needs exactly one of 'answer' or 'tests'")
+        if task.get("extract", "last_number") not in EXTRACTORS or ("extract" in task and "answer" not in task):
+            raise ValueError(f"{path}:{number}: 'extract' must be one of {EXTRACTORS} and needs 'answer', "
+                             f"got {task.get('extract')!r}")
         if "tests" in task and not (isinstance(task["tests"], list)
                                     and all(isinstance(t, str) for t in task["tests"])):
             raise ValueError(f"{path}:{number}: 'tests' must be a list of strings")

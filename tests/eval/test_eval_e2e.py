@@ -38,6 +38,11 @@ def test_diversity_eval_end_to_end(esamp_server, model_path, tmp_path):
     assert all(not math.isnan(g["mean"]) for g in gains.values())
     assert data["pareto_front"] and set(data["pareto_front"]) <= set(names)
     assert any("test-time training" in k for k in data["contrasts"])
+    pre = data["preregistered"]
+    assert pre["primary"] is None and pre["notes"]  # the default primary arm (β = 1) is not among these arms
+    (trained_vs_frozen,) = pre["secondary"].values()  # through the same code: gains against the one stock curve
+    assert trained_vs_frozen["strongest_family"] == "stock, min-p 0.05 (T sweep)" and trained_vs_frozen["prompts"] == 2
+    assert "## Pre-registered contrast" in (out / "diversity.md").read_text()
     for png in ("vendi_vs_nll.png", "cosdist_vs_nll.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| esamp-compensated-b3" in (out / "diversity.md").read_text()
@@ -68,3 +73,25 @@ def test_passk_eval_end_to_end(esamp_server, model_path, tmp_path):
                     assert not ok  # no number cannot pass
     assert 0.0 <= data["greedy_accuracy"] <= 1.0
     assert (out / "passk.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(900)
+def test_passk_worked_task_end_to_end(esamp_server, model_path, tmp_path):
+    from fractions import Fraction
+
+    from esamp_sgl.eval.tasks import extract_worked_answer
+
+    out = tmp_path / "worked"
+    rc = eval_main(["passk", "--url", esamp_server.url, "--model-path", str(model_path), "--task", "worked",
+                    "--count", "2", "--n", "4", "--max-tokens", "32",
+                    "--arms", "stock:T=1.0,min_p=0.05;esamp:rule=compensated,beta=1,min_p=0.05",
+                    "--output", str(out)])
+    assert rc == 0
+    data = json.loads((out / "passk.json").read_text())
+    assert data["config"]["chat"] is True and data["config"]["stop"] is None
+    for arm, tasks in data["per_task"].items():
+        for t, row in tasks.items():
+            answer = Fraction(data["config"]["tasks"][int(t)]["answer"])
+            assert row["passed"] == [extract_worked_answer(x) == answer for x in row["texts"]]
+    pre = data["preregistered"]
+    assert pre["k"] == 4 and pre["pass_at_k"]["prompts"] == 2 and pre["distinct_answers"]["prompts"] == 2

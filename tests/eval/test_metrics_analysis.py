@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from esamp_sgl.eval import analysis
-from esamp_sgl.eval.arms import parse_arm, parse_arms
+from esamp_sgl.eval.arms import PRESETS, PRIMARY_ARM, parse_arm, parse_arms
 from esamp_sgl.eval.metrics import (distinct_n, mean_pairwise_cosine_distance, pass_at_k,
                                     repetition_rate, vendi_score)
 from esamp_sgl.eval.tasks import arithmetic_tasks, load_prompts, load_tasks
@@ -100,6 +100,37 @@ def test_arm_specs_and_errors_name_the_field():
     with pytest.raises(ValueError, match="duplicate"):
         parse_arms("stock:T=1;stock:T=1.0")
     assert len(parse_arms("diversity")) >= 12
+
+
+def test_tat_and_random_arms_map_to_the_server_rules():
+    tat = parse_arm("tat:T=0.8,Tp=2,min_p=0.05")
+    assert tat.name == "tat-Tp2-T0.8-minp0.05" and tat.family == "tat, min-p 0.05, T 0.8 (Tp sweep)"
+    params = tat.sampling_params()
+    assert params["temperature"] == 0.8 and params["min_p"] == 0.05  # truncation at T
+    assert params["custom_params"] == {"esamp": True, "esamp_beta": 1.5, "esamp_rule": "temperature_after_truncation",
+                                       "esamp_train": False}  # sampling at (1+β)·T = Tp
+    assert parse_arm("tat:Tp=1").sampling_params()["custom_params"]["esamp_beta"] == 0.0  # Tp = T: stock
+    rnd = parse_arm("random:beta=3,min_p=0.05")
+    assert rnd.name == "random-b3-T1-minp0.05" and rnd.family == "random, min-p 0.05, T 1 (β sweep)"
+    assert rnd.sampling_params()["custom_params"] == {"esamp": True, "esamp_beta": 3.0, "esamp_rule": "random_prior",
+                                                      "esamp_train": False}
+    for bad, needle in [("tat:T=1", "needs Tp"), ("tat:T=1,Tp=0.9", r"Tp must be in \[T"), ("tat:T=0.5,Tp=6", "Tp"),
+                        ("tat:Tp=2,beta=1", "no beta"), ("esamp:beta=1,Tp=2", "no Tp"), ("stock:Tp=2", "no Tp"),
+                        ("random:beta=1,rule=compensated", "rule")]:
+        with pytest.raises(ValueError, match=needle):
+            parse_arm(bad)
+
+
+def test_presets_hold_the_preregistered_families():
+    kinds = lambda preset: sorted(a.kind for a in parse_arms(preset))
+    assert kinds("diversity") == sorted(["stock"] * 4 + ["tat"] * 3 + ["esamp"] * 2 + ["frozen", "random"]
+                                        + ["presence"] * 2)
+    assert kinds("passk") == sorted(["stock"] * 3 + ["tat"] * 2 + ["esamp"] * 2 + ["frozen", "random", "presence"])
+    for preset in PRESETS:
+        arms = parse_arms(preset)
+        assert parse_arm(PRIMARY_ARM).name in {a.name for a in arms}
+        assert all(a.min_p == 0.05 for a in arms)
+    assert len(parse_arms("quick")) <= 4
 
 
 def test_arithmetic_answers_are_exact_and_reproducible():
