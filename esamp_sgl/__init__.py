@@ -4,4 +4,5 @@ This package is imported by a `.pth` hook at every interpreter start (see `esamp
 so it must stay import-light: no torch, no sglang here.
 """
 
-__version__ = "0.1.0"
+# The one version string: pyproject.toml reads it ([tool.hatch.version]); `esamp-sgl --version` prints it.
+__version__ = "0.2.0"

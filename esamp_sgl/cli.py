@@ -42,12 +42,15 @@ def _bench_main(name: str):
     import importlib
 
     module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving",
-              "soak": "esamp_sgl.bench.soak", "dp": "esamp_sgl.bench.dp"}[name]
+              "soak": "esamp_sgl.bench.soak", "dp": "esamp_sgl.bench.dp", "router": "esamp_sgl.bench.router"}[name]
     return importlib.import_module(module).main
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from esamp_sgl import __version__
+
     parser = argparse.ArgumentParser(prog="esamp-sgl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"esamp-sgl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="prepare or locate the bundled SmolLM2-135M-Instruct model")
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub.add_parser("overhead", help="tokens/s of stock vs ESamp on one real server, interleaved")
     bench_sub.add_parser("soak", help="mixed load with client aborts on one real server; checks nothing leaks")
     bench_sub.add_parser("dp", help="throughput of 1 vs 2 data-parallel ranks with group-affine routing")
+    bench_sub.add_parser("router", help="two workers behind SGLang's router: group placement per policy, failover")
 
     evaluation = sub.add_parser("eval", help="diversity/quality and pass@k of stock vs ESamp arms; "
                                              "`esamp-sgl eval NAME --help`")
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak", "dp"):
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("core", "overhead", "soak", "dp", "router"):
         return _bench_main(argv[1])(argv[2:])
     if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("diversity", "passk", "exact"):
         from esamp_sgl.eval.cli import main as eval_main

@@ -50,6 +50,9 @@ TARGET_SITES = ("final_norm", "last_input_norm")
 BANK_FULL_POLICIES = ("stock",)
 BACKENDS = ("auto", "torch", "flashinfer")
 TRAIN_MODES = ("auto", "sync", "thread", "cuda_stream")
+# request: a request is its own fork group (its n samples share it); prompt: concurrent exploring requests
+# with identical prompt token ids share one group (runtime_patch/grouping.py). An explicit esamp_group wins.
+GROUP_BY_POLICIES = ("request", "prompt")
 
 BETA_MAX = 10.0
 # Where each exploring request's telemetry appears: meta_info["esamp"] (and OpenAI metadata["esamp"]).
@@ -125,6 +128,7 @@ _FLOATS: dict[str, tuple[float, float, bool]] = {  # name: (lo, hi, lo_open)
     "warm_start_lr": (0.0, 1.0, True),
     "tilt_bound": (0.0, 10.0, True),
     "gate_r2_full": (0.0, 1.0, True),
+    "group_window_s": (0.0, 86_400.0, True),
 }
 _INTS: dict[str, tuple[int, int]] = {
     "rank": (1, 8192),
@@ -137,6 +141,7 @@ _INTS: dict[str, tuple[int, int]] = {
     "warm_start_prompts": (1, 1 << 16),
     "max_candidates": (1, 1 << 20),
     "seed": (0, (1 << 63) - 1),
+    "group_max_members": (1, 1 << 16),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "rule": RULE_NAMES,
@@ -146,8 +151,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "bank_full_policy": BANK_FULL_POLICIES,
     "backend": BACKENDS,
     "train_mode": TRAIN_MODES,
+    "group_by": GROUP_BY_POLICIES,
 }
-_BOOLS = ("apply_to_greedy", "training", "fit_gate", "prefill_warm_start", "svd_warm_start")
+_BOOLS = ("apply_to_greedy", "training", "fit_gate", "prefill_warm_start", "svd_warm_start", "explore_all")
 
 
 class ESampConfig(BaseModel):
@@ -205,6 +211,16 @@ class ESampConfig(BaseModel):
     backend: Literal["auto", "torch", "flashinfer"] = "auto"
     train_mode: Literal["auto", "sync", "thread", "cuda_stream"] = "auto"
     seed: int = 0
+    # -- which requests explore, and which share a Distiller (read in the tokenizer process) ---------
+    # group_by 'prompt': exploring requests without esamp_group whose prompts have identical token ids
+    # share one group while it is open: at most group_window_s seconds after its first member arrived
+    # and at most group_max_members samples; then the next such request opens a new group. For clients
+    # that send one request per sample (RL rollouts: verl, OpenRLHF; plain OpenAI loops).
+    group_by: Literal["request", "prompt"] = "request"
+    group_window_s: float = 30.0
+    group_max_members: int = 64
+    # Explore every generate request that does not say `"esamp": false` in its custom_params.
+    explore_all: bool = False
 
     @field_validator(*_FLOATS, mode="before")
     @classmethod

@@ -17,8 +17,6 @@ import textwrap
 import time
 from typing import Any
 
-from esamp_sgl.eval.metrics import distinct_n
-
 DEFAULT_PROMPTS = (
     "Invent a name and a one-line description for a new board game.",
     "Write the first sentence of a story about a lighthouse keeper.",
@@ -56,6 +54,8 @@ def _nll(engine, prompt_ids: list[int], output_ids: list[int]) -> float:
 
 
 def _arm(engine, tokenizer, prompt_ids, args, explore: bool) -> dict[str, Any]:
+    from esamp_sgl.eval.metrics import distinct_n
+
     params: dict[str, Any] = {"n": args.n, "max_new_tokens": args.max_tokens, "temperature": args.temperature,
                               "min_p": args.min_p, "top_p": args.top_p}
     if explore:
@@ -112,8 +112,18 @@ def _telemetry_line(t: dict | None) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    import threading
+
     from tqdm import tqdm
     from transformers import AutoTokenizer
+
+    # tqdm's default write lock includes a multiprocessing RLock: a named POSIX semaphore ("/mp-...",
+    # since SGLang switches multiprocessing to "spawn") registered with multiprocessing's resource
+    # tracker, a child process of this one. `sglang.Engine.shutdown()` kills every child of this
+    # process (kill_process_tree), the tracker included; at exit the semaphore's finalizer then
+    # unregisters it with a freshly started tracker that never saw it, which prints a KeyError
+    # traceback. The progress bar needs no cross-process lock: a thread lock creates no semaphore.
+    tqdm.set_lock(threading.RLock())
 
     from esamp_sgl.models import resolve_model_path
     from esamp_sgl.server import open_engine
@@ -129,6 +139,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         k: getattr(args, k) for k in ("n", "max_tokens", "temperature", "min_p", "top_p", "beta", "rule")},
         "prompts": []}
     print(f"starting SGLang (embedded engine, --sampling-backend esamp) on {model_path} ...", file=sys.stderr)
+    from esamp_sgl.models import model_note
+
+    if model_note(model_path):
+        print(model_note(model_path))
     with open_engine(model_path, sampling_backend="esamp") as engine:
         progress = tqdm(total=2 * len(prompts), desc="sampling", unit="set", file=sys.stderr)
         for prompt in prompts:

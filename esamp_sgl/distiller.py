@@ -15,11 +15,14 @@ group's distiller therefore does not depend on which slot it landed in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from esamp_sgl.plan import RowGroups, plan_from_device
 
 PARAM_NAMES = ("ag", "b", "c", "ln_w", "ln_b")
 LN_EPS = 1e-5
@@ -64,38 +67,51 @@ def distill(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     return y * p["ln_w"] + p["ln_b"]
 
 
-def distill_entries(x: Tensor, p: dict[str, Tensor], row_to_entry: Tensor,
-                    grouped: bool) -> Tensor:
-    """Distiller for rows that share parameter entries: p holds U entries ([U, ...]) and row i
-    uses entry row_to_entry[i].
-
-    grouped=False gathers each row's parameters ([R, H, 2r]: static shapes, no host sync; the
-    GPU path). grouped=True packs the rows of each entry into a zero-padded [U, n_max, H] block
-    and multiplies by each entry's weights once, so weights are read U times instead of R times;
-    it reads n_max on the host, which is free on CPU."""
-    if not grouped:
-        return distill(x, {k: v.index_select(0, row_to_entry) for k, v in p.items()})
-    rows, hidden = x.shape
-    entries = p["c"].shape[0]
-    counts = torch.bincount(row_to_entry, minlength=entries)
-    n_max = int(counts.max()) if rows else 0
-    order = torch.argsort(row_to_entry, stable=True)
-    entry_sorted = row_to_entry.index_select(0, order)
-    start = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows, device=x.device) - start.index_select(0, entry_sorted)
-    x_pad = x.new_zeros(entries, n_max, hidden)
-    x_pad[entry_sorted, pos] = x.index_select(0, order)
+def distill_padded(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """Distiller on a padded block: x [U, n, H] fp32 (the rows of entry u in x[u]); p holds one
+    parameter set per entry ([U, ...], any strides). Weights are read once per entry. [U, n, H]."""
     rank = p["c"].shape[-1]
-    xag = torch.bmm(x_pad, p["ag"])  # [U, n_max, 2r]
+    xag = torch.bmm(x, p["ag"])  # [U, n, 2r]
     hid = xag[..., :rank] * F.silu(xag[..., rank:] + p["c"].unsqueeze(1))
-    delta_pad = torch.bmm(hid, p["b"])  # [U, n_max, H]
-    delta = torch.empty_like(x).index_put((order,), delta_pad[entry_sorted, pos])
-    y = F.layer_norm(x + delta, (hidden,), eps=LN_EPS)
-    return y * p["ln_w"].index_select(0, row_to_entry) + p["ln_b"].index_select(0, row_to_entry)
+    y = F.layer_norm(torch.baddbmm(x, hid, p["b"]), (x.shape[-1],), eps=LN_EPS)  # LN(x + hid·B)
+    return torch.addcmul(p["ln_b"].unsqueeze(1), y, p["ln_w"].unsqueeze(1))
+
+
+def distill_groups(x: Tensor, p: dict[str, Tensor], groups: RowGroups) -> Tensor:
+    """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
+    `groups.entries` ([U, ...]). Rows outside the plan get 0 (they are not predicted). [R, H] fp32."""
+    u, n, hidden = groups.size, groups.width, x.shape[-1]
+    xg = x.index_select(0, groups.gather).to(torch.float32).view(u, n, hidden)
+    y = distill_padded(xg, p).view(u * n, hidden).index_select(0, groups.position)
+    return torch.where(groups.member.unsqueeze(-1), y, 0.0)
+
+
+def param_layout(hidden: int, rank: int) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """{name: (offset, shape)} of one slot's parameters in its flat fp32 row."""
+    shapes = {"ag": (hidden, 2 * rank), "b": (rank, hidden), "c": (rank,), "ln_w": (hidden,),
+              "ln_b": (hidden,)}
+    out, off = {}, 0
+    for k in PARAM_NAMES:
+        out[k] = (off, shapes[k])
+        off += math.prod(shapes[k])
+    return out
+
+
+def split_flat(flat: Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> dict[str, Tensor]:
+    """Views of a [N, P] flat block as {name: [N, *shape]} (no copy)."""
+    out = {}
+    for k, (off, shape) in layout.items():
+        size = math.prod(shape)
+        out[k] = flat[:, off:off + size].view(flat.shape[0], *shape)
+    return out
 
 
 class DistillerBank:
-    """`slots` independent distillers (+1 sink entry) as stacked fp32 tensors on `device`."""
+    """`slots` independent distillers (+1 sink entry) as stacked fp32 tensors on `device`.
+
+    Storage: one flat fp32 row of P = 3·H·r + r + 2·H values per slot (`flat`, [slots + 1, P]);
+    `params[name]` are [slots + 1, ...] views of it. A group's parameters are one contiguous row, so
+    a gather or an optimiser step touches one block per slot, whatever the number of tensors."""
 
     def __init__(self, slots: int, hidden: int, rank: int, device: torch.device | str = "cpu",
                  seed: int = 0, grouped: bool | None = None) -> None:
@@ -104,20 +120,28 @@ class DistillerBank:
         self.slots, self.hidden, self.rank = slots, hidden, rank
         self.sink = slots
         self.device = torch.device(device)
-        # Grouped prediction reads the batch's unique slots on the host: free on CPU only.
+        # Without a host plan, grouped prediction reads the batch's slots on the host: free on CPU
+        # only; on CUDA the fallback gathers each row's parameters instead (no sync).
         self.grouped = self.device.type != "cuda" if grouped is None else grouped
+        self.layout = param_layout(hidden, rank)
+        self.numel = sum(math.prod(shape) for _, shape in self.layout.values())  # P
         # Created outside inference mode: the trainer updates these in place with autograd on.
         with torch.inference_mode(False), torch.no_grad():
             self.init = DistillerInit.random(hidden, rank, seed)
-            self._template = {k: v.to(self.device) for k, v in self.init.stacked().items()}
-            self.params: dict[str, Tensor] = {
-                k: v.unsqueeze(0).repeat(slots + 1, *([1] * v.dim())).contiguous()
-                for k, v in self._template.items()}
+            self.template_flat = self._flatten(self.init.stacked())  # [P]
+            self.flat = self.template_flat.unsqueeze(0).repeat(slots + 1, 1).contiguous()
+            self.params: dict[str, Tensor] = split_flat(self.flat, self.layout)
+            # One view per slot row (made once): the optimiser updates these rows in place.
+            self.rows = self.flat.unbind(0)
+
+    def _flatten(self, stacked: dict[str, Tensor]) -> Tensor:
+        return torch.cat([stacked[k].to(device=self.device, dtype=torch.float32).reshape(-1)
+                          for k in PARAM_NAMES]).contiguous()
 
     @property
     def template(self) -> dict[str, Tensor]:
-        """The per-slot init (no slot axis) that reset_slots copies in."""
-        return self._template
+        """The per-slot init (no slot axis) that reset_slots copies in (views of template_flat)."""
+        return {k: v[0] for k, v in split_flat(self.template_flat.unsqueeze(0), self.layout).items()}
 
     def slot_index(self, slot: Tensor) -> Tensor:
         """Rows without a slot (slot < 0) use the sink entry."""
@@ -125,18 +149,27 @@ class DistillerBank:
         return torch.where(slot < 0, torch.full_like(slot, self.sink), slot)
 
     def gather(self, slot_index: Tensor) -> dict[str, Tensor]:
-        return {k: v.index_select(0, slot_index) for k, v in self.params.items()}
+        """Parameters of the given slots ([U, ...] views of one [U, P] gather)."""
+        return split_flat(self.flat.index_select(0, slot_index), self.layout)
 
     @torch.no_grad()
-    def forward(self, x: Tensor, slot: Tensor) -> Tensor:
-        """Predict: x [R, H] (any float dtype), slot [R] int64 (-1 = none). Returns [R, H] fp32."""
+    def forward(self, x: Tensor, slot: Tensor, groups: RowGroups | None = None) -> Tensor:
+        """Predict: x [R, H] (any float dtype), slot [R] int64 (-1 = none). Returns [R, H] fp32.
+
+        With `groups` (the host plan of the rows with a slot; see plan.py) parameters are read once
+        per group and rows without a slot get 0 (nothing reads their prediction). Without it, rows
+        without a slot use the sink entry, and the rows are grouped from a host read of `slot`
+        (`grouped`, CPU) or each row gathers its parameters (CUDA, no sync)."""
         with torch.inference_mode(False):
+            x = x.to(device=self.device)
+            if groups is not None:
+                return distill_groups(x, self.gather(groups.entry_index), groups)
             idx = self.slot_index(slot)
-            x = x.to(device=self.device, dtype=torch.float32)
             if not self.grouped:
-                return distill(x, self.gather(idx))
-            entries, row_to_entry = torch.unique(idx, return_inverse=True)
-            return distill_entries(x, self.gather(entries), row_to_entry, grouped=True)
+                return distill(x.to(torch.float32), split_flat(self.flat.index_select(0, idx),
+                                                                self.layout))
+            plan = plan_from_device(idx)
+            return distill_groups(x, self.gather(plan.entry_index), plan)
 
     __call__ = forward
 
@@ -145,9 +178,7 @@ class DistillerBank:
         """Copy the init template back into the given slots (device op, no host sync)."""
         with torch.inference_mode(False):
             idx = slot_ids.to(device=self.device, dtype=torch.int64).reshape(-1)
-            for k, v in self.params.items():
-                t = self._template[k].unsqueeze(0).expand(idx.numel(), *v.shape[1:])
-                v.index_copy_(0, idx, t.contiguous())
+            self.flat.index_copy_(0, idx, self.template_flat.unsqueeze(0).expand(idx.numel(), -1))
 
     @torch.no_grad()
     def load_template(self, init: DistillerInit, reset_all: bool = True) -> None:
@@ -160,7 +191,7 @@ class DistillerBank:
                 if tuple(v.shape) != expect[k]:
                     raise ValueError(f"template {k} has shape {tuple(v.shape)}, "
                                      f"expected {expect[k]}")
-            self._template = new
+            self.template_flat.copy_(self._flatten(new))
             if reset_all:
                 self.reset_slots(torch.arange(self.slots + 1, device=self.device))
 

@@ -22,7 +22,7 @@ from esamp_sgl.distiller import DistillerBank
 from esamp_sgl.gate import FitGate
 from esamp_sgl.groups import GroupTable
 from esamp_sgl.reweight import random_prior_logits
-from esamp_sgl.telemetry import Telemetry
+from esamp_sgl.telemetry import StepMarks, Telemetry
 from esamp_sgl.trainer import TestTimeTrainer
 from esamp_sgl.warm_start import prefill_warm_start
 
@@ -90,12 +90,18 @@ class Explorer:
         self.generator.manual_seed(config.seed)
         # On CPU a host read is free: cut K to the largest candidate count of the step.
         self.trim_candidates = self.device.type != "cuda"
+        # d on the candidates: a gather of their LM-head rows or one GEMM, by a cost model on the
+        # step's shapes for this machine (esamp_sgl/dlogits.py); "gather"/"gemm" force one.
+        self.d_method = "auto"
+        self.d_machine = self.device.type
         self.bank_full_count = 0  # acquisitions refused because the bank was full
         # [max_groups, V] tokens generated per group, for the group_* baseline rules only:
         # allocated when such a rule first runs (39 MB at 64 groups x 152k vocabulary).
         self.group_counts: Tensor | None = None
         self._random_prior: Tensor | None = None  # [V], the random_prior control's vector
         self._warm_started: set[int] = set()
+        self._marks: StepMarks | None = None  # CUDA: where recent steps end (telemetry reads)
+        self._read_stream = None
 
     # -- per-request options --------------------------------------------------------------------
     def row_options(self, request: ExploreRequest) -> tuple[float, str, bool]:
@@ -157,6 +163,24 @@ class Explorer:
             self.group_counts[idx] = 0
         self._warm_started.difference_update(slots)
 
+    def rebind_lm_head(self, lm_head_weight: Tensor) -> None:
+        """Use this LM head from now on (after the engine updated its weights). Same shape only:
+        an online weight update cannot change the vocabulary or the hidden size."""
+        if tuple(lm_head_weight.shape) != tuple(self.lm_head_weight.shape):
+            raise ValueError(f"the new LM head is {tuple(lm_head_weight.shape)}, "
+                             f"the Explorer was built for {tuple(self.lm_head_weight.shape)}")
+        self.trainer.wait()  # no step in flight reads the old head after this
+        self.lm_head_weight = lm_head_weight.to(self.device)
+
+    def reset_live_groups(self) -> int:
+        """Re-initialise the Distiller, optimiser state, gate and telemetry of every live group in
+        place (members stay members; the gate is shut until the group measures its fit again, and
+        the prefill warm start may run again). Returns how many groups were reset."""
+        slots = self.groups.slots()
+        if slots:
+            self._reset_slots(slots)
+        return len(slots)
+
     def needs_warm_start(self, key: str) -> bool:
         slot = self.groups.slot_of(key)
         return self.config.prefill_warm_start and slot is not None and slot not in self._warm_started
@@ -191,18 +215,61 @@ class Explorer:
 
     # -- host reads -----------------------------------------------------------------------------
     def telemetry(self, key: str) -> dict:
-        """The group's counters (see Telemetry.snapshot); slot None = the group has no slot."""
+        """The group's counters (see Telemetry.snapshot) and its gate, read with one device→host
+        copy; slot None = the group has no slot."""
         slot = self.groups.slot_of(key)
         if slot is None:
             return {"group": key, "slot": None}
-        self.trainer.wait()
-        out = {"group": key, "slot": slot, "members": self.groups.members(key)}
-        out.update(self.stats.snapshot(slot))
+        out = {"group": key, "slot": slot, "members": self.groups.members(key),
+               "members_joined": self.groups.joined(key)}
         # The gate as the group's next token would see it, and the held-out fit behind it.
-        gate_r2 = float(self.gate.r2()[slot])
-        out["gate"] = float(self.gate.values()[slot])
-        out["gate_r2"] = gate_r2 if math.isfinite(gate_r2) else None
+        out.update(self.stats.snapshot(slot, extra={"gate": lambda: self.gate.values()[slot],
+                                                    "gate_r2": lambda: self.gate.r2()[slot]},
+                                       read=self._read))
+        if not math.isfinite(out["gate_r2"]):
+            out["gate_r2"] = None
         return out
+
+    # -- non-stalling reads (CUDA) ----------------------------------------------------------------
+    def mark_step(self) -> None:
+        """End of a decode step (explore_step calls it): on CUDA, record where the step's work and
+        its training end, for _read. Nothing to do on CPU."""
+        if self.device.type != "cuda":
+            return
+        if self._marks is None:
+            self._marks = StepMarks(torch.cuda.Event)
+        self._marks.mark(self.trainer._stream if self.trainer.mode == "cuda_stream" else None)
+
+    def _read(self, build) -> list[float]:
+        """Build a small device tensor (`build()`) and read it on the host in one copy. On CUDA the
+        copy runs on a side stream that waits for the newest completed decode step and that step's
+        training (StepMarks), not for what the engine queued after it; only that copy is awaited.
+        The read may see some of the queued later steps' updates (each value whole)."""
+        if self.trainer.mode == "thread":
+            self.trainer.wait()  # CPU: join the in-flight step (the counters are plain memory)
+        if self.device.type != "cuda":
+            return build().tolist()
+        main = torch.cuda.current_stream(self.device)
+        pair = self._marks.newest_done() if self._marks is not None else None
+        if self._read_stream is None:
+            self._read_stream = torch.cuda.Stream(device=self.device)
+        stream = self._read_stream
+        with torch.cuda.stream(stream):
+            if pair is None:  # no step recorded yet (or none completed): everything so far
+                stream.wait_stream(main)
+                if self.trainer.mode == "cuda_stream":
+                    stream.wait_stream(self.trainer._stream)
+            else:
+                stream.wait_event(pair[0])
+                if pair[1] is not None:
+                    stream.wait_event(pair[1])
+            row = build()
+            host = torch.empty(row.shape, dtype=row.dtype, pin_memory=True)
+            host.copy_(row, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        done.synchronize()
+        return host.tolist()
 
     def close(self) -> None:
         self.trainer.close()

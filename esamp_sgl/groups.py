@@ -15,6 +15,7 @@ class GroupTable:
         self.capacity = capacity
         self._slot: dict[str, int] = {}
         self._members: dict[str, int] = {}
+        self._joined: dict[str, int] = {}  # members that ever joined the group's current slot
         # Stack; slot 0 is handed out first, and the most recently freed slot is reused first.
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
@@ -27,7 +28,9 @@ class GroupTable:
             slot = self._free.pop()
             self._slot[key] = slot
             self._members[key] = 0
+            self._joined[key] = 0
         self._members[key] += 1
+        self._joined[key] += 1
         return slot
 
     def release(self, key: str) -> int | None:
@@ -40,6 +43,7 @@ class GroupTable:
             self._members[key] = members - 1
             return None
         del self._members[key]
+        del self._joined[key]
         slot = self._slot.pop(key)
         self._free.append(slot)
         return slot
@@ -49,6 +53,14 @@ class GroupTable:
 
     def members(self, key: str) -> int:
         return self._members.get(key, 0)
+
+    def joined(self, key: str) -> int:
+        """Members that joined since the group got its slot (those that left included)."""
+        return self._joined.get(key, 0)
+
+    def slots(self) -> list[int]:
+        """The slots of the live groups."""
+        return list(self._slot.values())
 
     @property
     def slots_in_use(self) -> int:

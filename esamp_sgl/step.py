@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from esamp_sgl.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
+from esamp_sgl.dlogits import candidate_distiller_logits
 from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import (distiller_logits, reads_distiller, reweighted_logits,
-                                sample_candidates, signals_needed)
+from esamp_sgl.plan import RowGroups, plan_from_device
+from esamp_sgl.reweight import (RULE_SIGNAL, reads_distiller, reweighted_logits, sample_candidates,
+                                signals_needed)
 from esamp_sgl.telemetry import candidate_corr
 
 
@@ -34,13 +36,18 @@ class StepBatch:
     rules: str | Sequence[str] = "compensated"  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
     train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
+    # The rows with a slot grouped per slot, planned on the host by the engine (plan.py; `.train`:
+    # the rows that train). None: built from a host read of `slots` (free on CPU, a sync on CUDA).
+    groups: RowGroups | None = None
 
     def take(self, rows: Tensor) -> "StepBatch":
-        """The batch restricted to `rows` (a host read of `rows` for per-row rule names)."""
+        """The batch restricted to `rows` (a host read of `rows` for per-row rule names; the plan
+        is dropped and rebuilt for the restricted rows: this is the CPU path)."""
         per_row = {f.name: getattr(self, f.name) for f in fields(self)
                    if isinstance(getattr(self, f.name), Tensor)}
         rules = self.rules if isinstance(self.rules, str) else [self.rules[i] for i in rows.tolist()]
-        return replace(self, rules=rules, **{k: t.index_select(0, rows) for k, t in per_row.items()})
+        return replace(self, rules=rules, groups=None,
+                       **{k: t.index_select(0, rows) for k, t in per_row.items()})
 
 
 @dataclass
@@ -86,7 +93,7 @@ def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
     cfg = ex.config
     # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
     ex.trainer.wait()
-    h_hat = ex.bank(batch.source, batch.slots)  # [R, H] fp32
+    h_hat = ex.bank(batch.source, batch.slots, groups=batch.groups)  # [R, H] fp32
 
     # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
     f = row_filters(batch, cfg.greedy_min_p)
@@ -95,7 +102,7 @@ def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
     # 4. Reweight the candidates only: d = ĥ·W_U[v], its spread bounded by the model's own
     #    (reweight.bounded_tilt), at strength β·g where g is the group's fit (gate.py). The
     #    controls read a random prior or the group's token counts instead of d, ungated.
-    d = distiller_logits(h_hat, ex.lm_head_weight, cand.ids)
+    d = candidate_distiller_logits(h_hat, ex.lm_head_weight, cand.ids, ex.d_method, ex.d_machine)
     signals = {"distiller": d}
     needed = signals_needed(batch.rules)
     if "random" in needed:
@@ -103,8 +110,12 @@ def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
     if needed & {"presence", "frequency"}:
         counts = ex.group_counts_on(batch.slots, cand.ids)
         signals.update(presence=(counts > 0).float(), frequency=counts)
-    gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
-    betas = torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
+    if isinstance(batch.rules, str):  # one rule: decided on the host (no device scalar to copy)
+        gated_one = RULE_SIGNAL[batch.rules] == "distiller"
+        betas = batch.betas * ex.gate.factor(batch.slots) if gated_one else batch.betas
+    else:
+        gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
+        betas = torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
     scores = reweighted_logits(cand.logits, signals, f.temperature, betas, batch.rules,
                                cfg.tilt_bound)
     applied = ((batch.slots >= 0) & (betas > 0) & torch.isfinite(h_hat).all(-1)
@@ -126,6 +137,8 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
             tokens[rows] = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
             return tokens
     has_slot = batch.slots >= 0
+    if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
+        batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
 
     # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
     # 2-4. Predict, candidates, reweight.
@@ -142,7 +155,9 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     ex.gate.update(batch.slots, has_slot, rw.h_hat, batch.target)
     corr, corr_ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
     ex.stats.record_candidates(batch.slots, has_slot, rw.applied, rw.cand.truncated, corr, corr_ok)
-    if ex.config.training:
+    if ex.config.training and (batch.groups is None or batch.groups.train is not None):
         trains = has_slot if batch.train is None else has_slot & batch.train
-        ex.trainer.schedule(batch.source, batch.target, batch.slots, trains)
+        ex.trainer.schedule(batch.source, batch.target, batch.slots, trains,
+                            groups=None if batch.groups is None else batch.groups.train)
+    ex.mark_step()  # CUDA: where this step's work ends (non-stalling telemetry reads)
     return tokens

@@ -1,36 +1,57 @@
 """Per-slot telemetry kept as device accumulators; the host reads them only in `snapshot`.
 
-Updates are masked index_adds into `[slots + 1]` tensors (the last entry is the sink that
-absorbs rows without a slot), so recording never syncs. Two writers never touch the same tensor:
-the trainer (possibly on a side stream or thread) writes the `train_*` fields; the sampling step
-writes the others.
+All scalar counters of a slot live in one row of `counters` ([slots + 1, F] float64; the last row
+is the sink that absorbs rows without a slot; each field is also a column view by its name), plus
+`target_sum` [slots + 1, H]. Each record call is one masked index_add of a [rows, fields] block,
+so recording never syncs, and a snapshot is ONE device→host copy of the slot's row. Two writers
+never touch the same columns: the trainer (possibly on a side stream or thread) writes the
+`train_*` fields; the sampling step writes the others.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 _F64 = torch.float64
+# The counters' columns, in record order: each record call writes one contiguous block.
+FIELDS = ("train_steps", "train_loss_sum", "train_loss_count", "train_nonfinite",  # trainer
+          "warm_steps", "warm_loss_before", "warm_loss_after", "warm_r2", "warm_positions",
+          "novelty_sum", "novelty_count", "nonfinite_predictions", "sse", "target_sq_sum",
+          "reweighted", "truncated", "corr_sum", "corr_count")
+_COL = {name: i for i, name in enumerate(FIELDS)}
+
+
+def finite(x: Tensor) -> Tensor:
+    """isfinite(x) in 2 kernels (torch.isfinite decomposes into 4): x·0 is 0 exactly when x is
+    finite, NaN otherwise."""
+    return (x * 0) == 0
+
+
+def rows_finite(x: Tensor) -> Tensor:
+    """[R] isfinite(x).all(-1) for x [R, H] in 3 kernels: Σ x·0 is 0 exactly when every entry is
+    finite (no overflow: every term is ±0), NaN otherwise."""
+    return (x * 0).sum(-1) == 0
 
 
 def candidate_corr(d: Tensor, z: Tensor, keep: Tensor, min_count: int = 3) -> tuple[Tensor, Tensor]:
     """Pearson correlation of d and z over each row's kept candidates with finite z.
     Returns (corr [R], valid [R]); rows with fewer than `min_count` candidates are not valid."""
-    mask = keep & torch.isfinite(z) & torch.isfinite(d)
+    mask = keep & finite(z + d)  # z + d is finite iff both are (NaN/inf propagate)
     w = mask.to(torch.float32)
     n = w.sum(-1)
-    zs = torch.where(mask, z, torch.zeros_like(z))
-    ds = torch.where(mask, d, torch.zeros_like(d))
-    nz = n.clamp(min=1)
-    zc = (zs - (zs.sum(-1) / nz).unsqueeze(-1)) * w
-    dc = (ds - (ds.sum(-1) / nz).unsqueeze(-1)) * w
+    zs = torch.where(mask, z, 0.0)
+    ds = torch.where(mask, d, 0.0)
+    nz = n.clamp(min=1).unsqueeze(-1)
+    zc = (zs - zs.sum(-1, keepdim=True) / nz) * w
+    dc = (ds - ds.sum(-1, keepdim=True) / nz) * w
     cov = (zc * dc).sum(-1)
-    den = torch.sqrt((zc * zc).sum(-1) * (dc * dc).sum(-1))
+    den = torch.sqrt(zc.square().sum(-1) * dc.square().sum(-1))
     valid = (n >= min_count) & (den > 0)
-    corr = torch.where(valid, cov / den.clamp(min=1e-30), torch.zeros_like(cov))
+    corr = torch.where(valid, cov / den.clamp(min=1e-30), 0.0)
     return corr, valid
 
 
@@ -41,32 +62,19 @@ class Telemetry:
         self.device = torch.device(device)
         n = slots + 1
         with torch.inference_mode(False):
-            z = lambda *s: torch.zeros(*s, dtype=_F64, device=self.device)  # noqa: E731
-            # trainer-side
-            self.train_steps = z(n)
-            self.train_loss_sum = z(n)
-            self.train_loss_count = z(n)
-            self.train_nonfinite = z(n)
-            self.warm_steps = z(n)
-            self.warm_loss_before = z(n)
-            self.warm_loss_after = z(n)
-            self.warm_r2 = z(n)
-            self.warm_positions = z(n)
-            # sampling-side
-            self.novelty_sum = z(n)
-            self.novelty_count = z(n)
-            self.sse = z(n)
-            self.target_sum = z(n, hidden)
-            self.target_sq_sum = z(n)
-            self.reweighted = z(n)
-            self.truncated = z(n)
-            self.corr_sum = z(n)
-            self.corr_count = z(n)
-            # Rows whose prediction had a NaN/inf entry: step.py samples them stock (fault isolation).
-            self.nonfinite_predictions = z(n)
+            self.counters = torch.zeros(n, len(FIELDS), dtype=_F64, device=self.device)
+            self.target_sum = torch.zeros(n, hidden, dtype=_F64, device=self.device)
+        # One column view per field (e.g. self.train_steps, self.novelty_sum): [slots + 1].
+        # Rows whose prediction had a NaN/inf entry (nonfinite_predictions) are sampled stock.
+        for name, i in _COL.items():
+            setattr(self, name, self.counters[:, i])
 
     def _fields(self) -> list[Tensor]:
-        return [v for v in vars(self).values() if isinstance(v, Tensor)]
+        return [self.counters, self.target_sum]
+
+    def _block(self, first: str, last: str) -> Tensor:
+        """The columns first..last (a [slots + 1, k] view)."""
+        return self.counters[:, _COL[first]:_COL[last] + 1]
 
     def _index(self, slot: Tensor, mask: Tensor) -> Tensor:
         slot = slot.to(device=self.device, dtype=torch.int64)
@@ -84,10 +92,9 @@ class Telemetry:
         """Per trained entry: the loss of its first step (counted=valid), optimizer steps taken,
         and whether it was reset for a non-finite loss."""
         idx = self._index(slot, torch.ones_like(counted))
-        self.train_loss_sum.index_add_(0, idx, self._masked(loss, counted))
-        self.train_loss_count.index_add_(0, idx, counted.to(_F64))
-        self.train_steps.index_add_(0, idx, steps.to(_F64))
-        self.train_nonfinite.index_add_(0, idx, nonfinite.to(_F64))
+        vals = torch.stack([steps.float(), torch.where(counted, loss.float(), 0.0), counted.float(),
+                            nonfinite.float()], -1)
+        self._block("train_steps", "train_nonfinite").index_add_(0, idx, vals.to(_F64))
 
     @torch.no_grad()
     def record_warm_start(self, slot: Tensor, before: Tensor, after: Tensor, counted: Tensor,
@@ -110,24 +117,24 @@ class Telemetry:
         """Novelty (per-row MSE of the prediction used for sampling) and R² accumulators."""
         target = target.to(device=h_hat.device, dtype=torch.float32)
         idx = self._index(slot, mask)
-        err = (h_hat - target).square()
-        ok = mask & torch.isfinite(err).all(-1) & torch.isfinite(target).all(-1)
-        self.novelty_sum.index_add_(0, idx, self._masked(err.mean(-1), ok))
-        self.novelty_count.index_add_(0, idx, ok.to(_F64))
-        self.nonfinite_predictions.index_add_(0, idx, (mask & ~torch.isfinite(h_hat).all(-1)).to(_F64))
-        self.sse.index_add_(0, idx, self._masked(err.sum(-1), ok))
-        t64 = torch.where(ok.unsqueeze(-1), target, torch.zeros_like(target)).to(_F64)
+        sq = (h_hat - target).square().sum(-1)  # [R]; not finite iff an entry is not
+        ok = mask & finite(sq) & rows_finite(target)
+        sq = torch.where(ok, sq, 0.0)
+        nonfinite = mask & ~rows_finite(h_hat)
+        vals = torch.stack([sq / h_hat.shape[-1], ok.float(), nonfinite.float(), sq], -1)
+        t64 = torch.where(ok.unsqueeze(-1), target, 0.0).to(_F64)
+        vals = torch.cat([vals.to(_F64), t64.square().sum(-1, keepdim=True)], -1)
+        self._block("novelty_sum", "target_sq_sum").index_add_(0, idx, vals)
         self.target_sum.index_add_(0, idx, t64)
-        self.target_sq_sum.index_add_(0, idx, t64.square().sum(-1))
 
     @torch.no_grad()
     def record_candidates(self, slot: Tensor, has_slot: Tensor, reweighted: Tensor,
                           truncated: Tensor, corr: Tensor, corr_valid: Tensor) -> None:
         idx = self._index(slot, has_slot)
-        self.reweighted.index_add_(0, idx, (reweighted & has_slot).to(_F64))
-        self.truncated.index_add_(0, idx, (truncated & has_slot).to(_F64))
-        self.corr_sum.index_add_(0, idx, self._masked(corr, corr_valid & has_slot))
-        self.corr_count.index_add_(0, idx, (corr_valid & has_slot).to(_F64))
+        cv = corr_valid & has_slot
+        vals = torch.stack([(reweighted & has_slot).float(), (truncated & has_slot).float(),
+                            torch.where(cv, corr.float(), 0.0), cv.float()], -1)
+        self._block("reweighted", "corr_count").index_add_(0, idx, vals.to(_F64))
 
     # -- lifecycle / host reads -----------------------------------------------------------------
     @torch.no_grad()
@@ -137,15 +144,28 @@ class Telemetry:
             for t in self._fields():
                 t.index_fill_(0, idx, 0.0)
 
-    def snapshot(self, slot: int) -> dict[str, float | int | None]:
-        """Host read of one slot's counters (this syncs; call it off the hot path)."""
-        row = {name: t[slot] for name, t in vars(self).items() if isinstance(t, Tensor)}
-        vals = {k: (v.tolist() if v.dim() else float(v)) for k, v in row.items()
-                if k != "target_sum"}
+    def row(self, slot: int) -> Tensor:
+        """The slot's counters and |Σ target|² as one float64 vector (device; no read)."""
+        return torch.cat([self.counters[slot], self.target_sum[slot].square().sum().reshape(1)])
+
+    def snapshot(self, slot: int, extra: dict[str, Callable[[], Tensor]] | None = None,
+                 read: Callable[[Callable[[], Tensor]], list[float]] | None = None
+                 ) -> dict[str, float | int | None]:
+        """One slot's counters, read with ONE device→host copy. `read(build)` builds the row and
+        reads it (default: build().tolist(), a sync on CUDA; call it off the hot path; the Explorer
+        passes a reader that does not wait for queued work). `extra`: {name: a function giving a
+        1-element device value} read in the same copy, returned raw under its name."""
+        extra = extra or {}
+
+        def build() -> Tensor:
+            parts = [self.row(slot), *(fn().reshape(1).to(_F64) for fn in extra.values())]
+            return torch.cat(parts)
+        values = (read or (lambda b: b().tolist()))(build)
+        vals = dict(zip(FIELDS, values))
         n = vals["novelty_count"]
         sst = None
         if n > 0:
-            mean_sq = float(row["target_sum"].square().sum()) / n
+            mean_sq = values[len(FIELDS)] / n
             sst = vals["target_sq_sum"] - mean_sq
 
         def ratio(a: float, b: float) -> float | None:
@@ -174,4 +194,36 @@ class Telemetry:
         for k, v in out.items():
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None
+        out.update(zip(extra, values[len(FIELDS) + 1:]))
         return out
+
+
+class StepMarks:
+    """A small ring of (step event, training event) pairs recorded at the end of each decode step
+    (CUDA). A telemetry read waits on the newest pair whose step has completed — at or after the
+    exiting request's last step, since its token already reached the host — and on that step's
+    training, but never on work queued after it (the next forward), so an exiting request does not
+    stall the schedule. `make_event` is torch.cuda.Event in production (injectable for tests)."""
+
+    def __init__(self, make_event: Callable[[], object], capacity: int = 4) -> None:
+        self._events = [(make_event(), make_event()) for _ in range(capacity)]
+        self._recorded: list[tuple[object, object | None]] = []  # oldest first, <= capacity
+        self._count = 0
+
+    def mark(self, train_stream=None) -> None:
+        """Record a pair now: the step event on the current stream, the training event on
+        `train_stream` (None: training runs on the current stream, or not at all)."""
+        step, train = self._events[self._count % len(self._events)]
+        self._count += 1
+        step.record()
+        if train_stream is not None:
+            train.record(train_stream)
+        self._recorded.append((step, train if train_stream is not None else None))
+        del self._recorded[:-len(self._events)]  # each event object is in the list at most once
+
+    def newest_done(self) -> tuple[object, object | None] | None:
+        """The newest recorded pair whose step event has completed (non-blocking query), or None."""
+        for pair in reversed(self._recorded):
+            if pair[0].query():
+                return pair
+        return None

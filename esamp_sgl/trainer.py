@@ -13,16 +13,24 @@ Staleness: `schedule()` launches step t's training after step t's token was samp
 next prediction calls `wait()` first, so the prediction at step t uses parameters trained through
 step t−1 exactly (k optimiser steps per decode step, all of them on step t−1's rows and earlier).
 
+Grouping: the rows to train come as a host-side plan (`plan.RowGroups`: the engine knows each
+row's slot on the host), so the rows of each slot are packed into a padded [U, n, H] block and
+every per-slot tensor is read once per *group*: one gather of the U parameter rows for the forward
+and backward (one flat fp32 row per slot, distiller.py), and one fused Adam step (torch's
+`_fused_adam_`, a multi-tensor kernel) that updates the bank's rows, moments and step counts in
+place: no gather or write-back of the optimiser state. Bytes per step scale with the groups, not
+the rows. Without a plan, one is built from a host read of `slots` (free on CPU; one sync on CUDA).
+
 Execution (`mode`):
 * 'sync' — run inline.
-* 'thread' — one background worker (one intra-op thread); inputs are copied first, `wait()`
-  joins the last job.
+* 'thread' — one background worker (one intra-op thread); the rows are gathered first (a copy,
+  so the engine may reuse its buffers), `wait()` joins the last job.
 * 'cuda_stream' — the step runs on a side stream after an event recorded on the current stream;
-  `wait()` makes the current stream wait on the completion event. No host sync anywhere: shapes
-  are static (rows are deduplicated per slot without torch.unique, each row gathers its slot's
-  weights) and non-finite losses are handled with torch.where.
-On CPU (`static_shapes=False`) host reads are free, so rows without a slot are dropped, rows are
-grouped per slot (weights read once per slot) and the optimiser update runs in place.
+  `wait()` makes the current stream wait on the completion event. No host sync anywhere
+  (`static_shapes`): the layout comes from the host plan and non-finite losses are handled with
+  device-side index writes.
+On CPU (`static_shapes=False`) host reads are free, so the non-finite reset only runs when a
+loss was not finite.
 
 A slot whose loss is NaN/inf is reset to the init template, its optimiser state is zeroed and
 the telemetry counts it; the other slots in the same step are trained normally.
@@ -35,7 +43,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from esamp_sgl.distiller import DistillerBank, distill_entries
+from esamp_sgl.distiller import LN_EPS, DistillerBank, distill_padded, split_flat
+from esamp_sgl.plan import RowGroups, plan_rows
 from esamp_sgl.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
@@ -61,15 +70,23 @@ class TestTimeTrainer:
         self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.steps_per_decode = steps_per_decode
         self.mode = mode
-        # torch.unique syncs on CUDA; the static variant costs rows (not unique slots) entries.
+        # True: never read the device on the host inside a step (the CUDA path).
         self.static_shapes = bank.device.type == "cuda" if static_shapes is None else static_shapes
         with torch.inference_mode(False):
             self.step_count = torch.zeros(bank.slots + 1, device=bank.device)
+            self.step_rows = self.step_count.unbind(0)  # 0-d views: Adam's per-slot step counts
+            # Moments as flat [slots + 1, P] blocks like the bank's parameters; the dicts are views.
+            self.exp_avg_flat: Tensor | None = None
+            self.exp_avg_sq_flat: Tensor | None = None
             self.exp_avg: dict[str, Tensor] = {}
             self.exp_avg_sq: dict[str, Tensor] = {}
             if optimizer != "sgd":
-                self.exp_avg = {k: torch.zeros_like(v) for k, v in bank.params.items()}
-                self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in bank.params.items()}
+                self.exp_avg_flat = torch.zeros_like(bank.flat)
+                self.exp_avg_sq_flat = torch.zeros_like(bank.flat)
+                self.exp_avg = split_flat(self.exp_avg_flat, bank.layout)
+                self.exp_avg_sq = split_flat(self.exp_avg_sq_flat, bank.layout)
+                self.m_rows = self.exp_avg_flat.unbind(0)
+                self.s_rows = self.exp_avg_sq_flat.unbind(0)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._stream = None
@@ -86,30 +103,37 @@ class TestTimeTrainer:
 
     # -- scheduling -----------------------------------------------------------------------------
     def schedule(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor,
-                 steps: int | None = None, lr: float | None = None, warm: bool = False) -> None:
+                 steps: int | None = None, lr: float | None = None, warm: bool = False,
+                 groups: RowGroups | None = None) -> None:
         """Train on this step's rows: source/target [R, H] (any dtype), slots [R] int64
-        (-1 = none), valid [R] bool. `steps` defaults to train_steps_per_decode; `warm=True`
-        records the run as a warm start instead of decode training."""
+        (-1 = none), valid [R] bool. `groups`: the host plan of the rows to train (the rows with
+        valid & slot >= 0; `RowGroups.train` of the step's plan); None = build it from a host
+        read of slots/valid. `steps` defaults to train_steps_per_decode; `warm=True` records the
+        run as a warm start instead of decode training."""
         steps = self.steps_per_decode if steps is None else steps
         lr = self.lr if lr is None else lr
         dev = self.bank.device
+        if groups is None:
+            groups = plan_rows(slots, valid)
+            if groups is None:
+                return
+        # The group blocks [U·n, H] (a copy: the engine may reuse its buffers in the async modes;
+        # made outside inference mode, so that autograd may save them).
+        with torch.inference_mode(False):
+            x = source.detach().to(dev).index_select(0, groups.gather)
+            y = target.detach().to(dev).index_select(0, groups.gather)
         if self.mode == "sync":
-            self._run(source, target, slots, valid, steps, lr, warm)
+            self._run(x, y, groups, steps, lr, warm)
             return
-        # Asynchronous modes: the engine may reuse its buffers, so take copies now.
-        x = source.detach().to(device=dev, dtype=torch.float32, copy=True)
-        y = target.detach().to(device=dev, dtype=torch.float32, copy=True)
-        s = slots.detach().to(device=dev, dtype=torch.int64, copy=True)
-        v = valid.detach().to(device=dev, dtype=torch.bool, copy=True)
         if self.mode == "thread":
             assert self._pool is not None
-            self._pending = self._pool.submit(self._run, x, y, s, v, steps, lr, warm)
+            self._pending = self._pool.submit(self._run, x, y, groups, steps, lr, warm)
             return
         main = torch.cuda.current_stream(dev)
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
-            self._run(x, y, s, v, steps, lr, warm)
-        for t in (x, y, s, v):
+            self._run(x, y, groups, steps, lr, warm)
+        for t in (x, y, *groups.buffers()):
             t.record_stream(self._stream)
         self._done.record(self._stream)
         self._cuda_pending = True
@@ -135,94 +159,52 @@ class TestTimeTrainer:
         with torch.inference_mode(False):
             idx = slot_ids.to(device=self.bank.device, dtype=torch.int64).reshape(-1)
             self.step_count.index_fill_(0, idx, 0.0)
-            for state in (self.exp_avg, self.exp_avg_sq):
-                for t in state.values():
-                    t.index_fill_(0, idx, 0.0)
+            for state in (self.exp_avg_flat, self.exp_avg_sq_flat):
+                if state is not None:
+                    state.index_fill_(0, idx, 0.0)
 
     # -- the step -------------------------------------------------------------------------------
-    def _compact(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """(entries [U] slot ids, row_to_entry [R]) with each slot in at most one entry."""
-        if not self.static_shapes:
-            entries, row_to_entry = torch.unique(idx, return_inverse=True)
-            return entries, row_to_entry
-        rows = idx.numel()
-        order = torch.arange(rows, device=idx.device)
-        first = torch.full((self.bank.slots + 1,), rows, device=idx.device, dtype=torch.int64)
-        first = first.scatter_reduce(0, idx, order, reduce="amin", include_self=True)
-        row_to_entry = first.index_select(0, idx)  # the first row that has the same slot
-        entries = torch.where(row_to_entry == order, idx, torch.full_like(idx, self.bank.sink))
-        return entries, row_to_entry
-
-    def _run(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor, steps: int,
-             lr: float, warm: bool) -> None:
+    def _run(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
+             warm: bool) -> None:
         with torch.inference_mode(False):
-            self._train(source, target, slots, valid, steps, lr, warm)
+            self._train(x, y, groups, steps, lr, warm)
 
-    def _train(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor, steps: int,
-               lr: float, warm: bool) -> None:
-        bank, dev = self.bank, self.bank.device
-        slots = slots.to(device=dev, dtype=torch.int64)
-        valid = valid.to(device=dev, dtype=torch.bool) & (slots >= 0)
-        x = source.to(device=dev, dtype=torch.float32)
-        y = target.to(device=dev, dtype=torch.float32)
-        if not self.static_shapes:  # host reads are free here: drop the rows without a slot
-            rows = valid.nonzero().squeeze(1)
-            if rows.numel() == 0:
-                return
-            x, y, slots = x.index_select(0, rows), y.index_select(0, rows), slots.index_select(0, rows)
-            valid = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
-        idx = torch.where(valid, bank.slot_index(slots), torch.full_like(valid, bank.sink,
-                                                                        dtype=torch.int64))
-        # Padding rows may hold garbage; zero them so that no NaN reaches a gradient.
-        keep_row = valid.unsqueeze(-1)
-        x = torch.where(keep_row, x, 0.0)
-        y = torch.where(keep_row, y, 0.0)
-        entries, row_to_entry = self._compact(idx)
-        n_entries = entries.numel()
-        count = torch.zeros(n_entries, device=dev).index_add_(0, row_to_entry, valid.float())
-        active = (entries != bank.sink) & (count > 0)
-
-        p = {k: v.index_select(0, entries) for k, v in bank.params.items()}
-        m = {k: v.index_select(0, entries) for k, v in self.exp_avg.items()}
-        s = {k: v.index_select(0, entries) for k, v in self.exp_avg_sq.items()}
-        t = self.step_count.index_select(0, entries)
-        bad = torch.zeros(n_entries, dtype=torch.bool, device=dev)
-        taken = torch.zeros(n_entries, device=dev)
-        first_loss = None
+    def _train(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
+               warm: bool) -> None:
+        """x, y: [U·n, H] the rows of the plan's padded blocks (any dtype)."""
+        bank = self.bank
+        u, n, hidden = groups.size, groups.width, bank.hidden
+        x = x.to(torch.float32).view(u, n, hidden)
+        y = y.to(torch.float32).view(u, n, hidden)
+        entries = groups.entry_index
+        coef = groups.weight / groups.count.unsqueeze(-1)  # [U, n]: 1/count at rows, 0 at padding
+        rows = [bank.rows[e] for e in groups.entries]  # the bank's rows, updated in place
+        bad = torch.zeros(u, dtype=torch.bool, device=bank.device)
+        taken = torch.zeros(u, device=bank.device)
+        first_loss = counted = None
         for _ in range(steps):
-            loss, grads = self._loss_and_grads(x, y, valid, p, row_to_entry, count, active & ~bad)
+            loss, finite, grad = self._loss_and_grad(x, y, entries, coef)
             if first_loss is None:
-                first_loss = loss
-            finite = torch.isfinite(loss)
-            bad |= active & ~finite
-            ok = active & ~bad
+                first_loss, counted = loss, finite
+            bad |= ~finite
+            taken += (~bad).float()
             with torch.no_grad():
-                if not self.static_shapes and bool(ok.all()):
-                    t = self._update_inplace(p, m, s, t, grads, lr)
-                else:
-                    t = self._update(p, m, s, t, grads, ok, lr)
-            taken += ok.float()
+                self._optimizer_step(groups, rows, grad, lr)
 
         with torch.no_grad():
             if warm:  # the loss after the warm start, for telemetry
-                last_loss = self._entry_loss(x, y, valid, p, row_to_entry, count)
-            # Non-finite loss: back to the init template with fresh optimiser state.
+                last_loss = self._entry_loss(x, y, coef, bank.gather(entries))
+            # Non-finite loss: back to the init template with fresh optimiser state. Without a
+            # host read, every entry writes: the bad ones their own slot, the others the sink
+            # (whose content nothing reads).
             if self.static_shapes or bool(bad.any()):
-                for k, v in p.items():
-                    p[k] = torch.where(_bcast(bad, v), bank.template[k].unsqueeze(0), v)
-                for state in (m, s):
-                    for k, v in state.items():
-                        state[k] = torch.where(_bcast(bad, v), 0.0, v)
-                t = torch.where(bad, 0.0, t)
-            for k, v in p.items():
-                bank.params[k].index_copy_(0, entries, v)
-            for k, v in m.items():
-                self.exp_avg[k].index_copy_(0, entries, v)
-            for k, v in s.items():
-                self.exp_avg_sq[k].index_copy_(0, entries, v)
-            self.step_count.index_copy_(0, entries, t)
-            assert first_loss is not None
-            counted = active & torch.isfinite(first_loss)
+                target = torch.where(bad, entries, bank.sink)
+                bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(u, -1))
+                for state in (self.exp_avg_flat, self.exp_avg_sq_flat):
+                    if state is not None:
+                        state.index_fill_(0, target, 0.0)
+                self.step_count.index_fill_(0, target, 0.0)
+            assert first_loss is not None and counted is not None
             if warm:
                 self.telemetry.record_warm_start(entries, first_loss, last_loss, counted, steps)
                 self.telemetry.record_train(entries, first_loss, torch.zeros_like(counted),
@@ -230,79 +212,68 @@ class TestTimeTrainer:
             else:
                 self.telemetry.record_train(entries, first_loss, counted, taken, bad)
 
-    def _entry_loss(self, x: Tensor, y: Tensor, valid: Tensor, p: dict[str, Tensor],
-                    row_to_entry: Tensor, count: Tensor) -> Tensor:
-        pred = distill_entries(x, p, row_to_entry, grouped=not self.static_shapes)
-        err = torch.where(valid, (pred - y).square().mean(-1), 0.0)
-        total = torch.zeros_like(count).index_add(0, row_to_entry, err)
-        return total / count.clamp(min=1.0)
+    @staticmethod
+    def _entry_loss(x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """[U] per entry: the mean over its rows of mean_H (f(x) − y)² (padding weighs 0)."""
+        err = (distill_padded(x, p) - y).square().mean(-1)  # [U, n]
+        return (err * coef).sum(-1)
 
-    def _loss_and_grads(self, x: Tensor, y: Tensor, valid: Tensor, p: dict[str, Tensor],
-                        row_to_entry: Tensor, count: Tensor,
-                        trainable: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        leaves = {k: v.detach().requires_grad_(True) for k, v in p.items()}
-        with torch.enable_grad():
-            loss = self._entry_loss(x, y, valid, leaves, row_to_entry, count)
-            objective = torch.where(trainable & torch.isfinite(loss), loss, 0.0).sum()
-            grads = torch.autograd.grad(objective, list(leaves.values()))
-        return loss.detach(), dict(zip(leaves.keys(), grads))
+    def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor,
+                       coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss [U], loss is finite [U], gradient [U, P]) with one gather of the U parameter rows. The backward pass
+        is written out (no autograd graph): each gradient goes straight into its slice of one flat
+        [U, P] buffer, which the fused optimiser reads as one row per slot. An entry whose loss is
+        not finite contributes nothing (its own gradient may be NaN; it is reset afterwards)."""
+        bank = self.bank
+        u, _, hidden = x.shape
+        rank = bank.rank
+        p = bank.gather(entries)  # one [U, P] gather, viewed per parameter
+        grad = torch.empty(u, bank.numel, device=x.device)
+        gp = split_flat(grad, bank.layout)
+        # forward: y = LN(x + (a ⊙ silu(q))·B)·w + b, a = x·A, q = x·G + c
+        xag = torch.bmm(x, p["ag"])  # [U, n, 2r]
+        a = xag[..., :rank]
+        q = xag[..., rank:] + p["c"].unsqueeze(1)
+        sig = torch.sigmoid(q)
+        act = q * sig  # silu(q)
+        hid = a * act
+        pre = torch.baddbmm(x, hid, p["b"])  # x + hid·B
+        ln_out, ln_mean, ln_rstd = torch.native_layer_norm(pre, [hidden], None, None, LN_EPS)
+        diff = torch.addcmul(p["ln_b"].unsqueeze(1), ln_out, p["ln_w"].unsqueeze(1)) - y
+        loss = (diff.square().mean(-1) * coef).sum(-1)  # [U]
+        # backward of Σ_u loss_u over the finite entries
+        finite = (loss * 0) == 0  # isfinite in 2 kernels
+        scale = torch.where(finite.unsqueeze(-1), coef, 0.0) * (2.0 / hidden)
+        g_out = diff * scale.unsqueeze(-1)  # d/d(output) [U, n, H]
+        torch.sum(g_out, 1, out=gp["ln_b"])
+        torch.sum(g_out * ln_out, 1, out=gp["ln_w"])
+        g_u = torch.ops.aten.native_layer_norm_backward(
+            g_out * p["ln_w"].unsqueeze(1), pre, [hidden], ln_mean, ln_rstd, None, None,
+            [True, False, False])[0]  # [U, n, H]
+        torch.bmm(hid.transpose(1, 2), g_u, out=gp["b"])  # [U, r, H]
+        g_hid = torch.bmm(g_u, p["b"].transpose(1, 2))  # [U, n, r]
+        g_aq = torch.cat([g_hid * act, g_hid * a * (sig * (1.0 + q * (1.0 - sig)))], -1)  # [U, n, 2r]
+        torch.sum(g_aq[..., rank:], 1, out=gp["c"])
+        torch.bmm(x.transpose(1, 2), g_aq, out=gp["ag"])  # [U, H, 2r]
+        return loss, finite, grad
 
-    def _update_inplace(self, p: dict[str, Tensor], m: dict[str, Tensor], s: dict[str, Tensor],
-                        t: Tensor, grads: dict[str, Tensor], lr: float) -> Tensor:
-        """`_update` when every entry steps (CPU path): in-place ops, about half the memory
-        passes. The tensors are the gathered per-entry copies, not the bank's."""
+    def _optimizer_step(self, groups: RowGroups, rows: list[Tensor], grad: Tensor,
+                        lr: float) -> None:
+        """One optimiser step of every entry, in place on the bank's rows. Each slot has its own
+        step count (bias correction); an entry whose loss was not finite gets a NaN update here
+        and is reset after the last step."""
         wd = self.weight_decay
-        t_new = t + 1.0
-        b1, b2 = ADAM_BETAS
-        bc1 = 1 - torch.pow(b1, t_new)
-        bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t_new))
-        for k, param in p.items():
-            g = grads[k]
-            if self.optimizer == "sgd":
-                param.add_(g + wd * param if wd else g, alpha=-lr)
-                continue
-            if self.optimizer == "adam" and wd:
-                g = g.add(param, alpha=wd)
-            elif self.optimizer == "adamw" and wd:
-                param.mul_(1 - lr * wd)
-            m[k].mul_(b1).add_(g, alpha=1 - b1)
-            s[k].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = s[k].sqrt().div_(_bcast_vals(bc2_sqrt, param)).add_(ADAM_EPS)
-            param.addcdiv_(m[k] * _bcast_vals(lr / bc1, param), denom, value=-1.0)
-        return t_new
+        grads = list(grad.unbind(0))
+        self.step_count.index_add_(0, groups.entry_index, torch.ones_like(groups.count))
+        if self.optimizer == "sgd":
+            if wd:
+                torch._foreach_add_(grads, rows, alpha=wd)
+            torch._foreach_add_(rows, grads, alpha=-lr)
+            return
+        m = [self.m_rows[e] for e in groups.entries]
+        s = [self.s_rows[e] for e in groups.entries]
+        t = [self.step_rows[e] for e in groups.entries]
+        fused = torch._fused_adamw_ if self.optimizer == "adamw" else torch._fused_adam_
+        fused(rows, grads, m, s, [], t, lr=lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
+              weight_decay=wd, eps=ADAM_EPS, amsgrad=False, maximize=False)
 
-    def _update(self, p: dict[str, Tensor], m: dict[str, Tensor], s: dict[str, Tensor],
-                t: Tensor, grads: dict[str, Tensor], ok: Tensor, lr: float) -> Tensor:
-        """One optimiser step on the entries where `ok`, in place on the dicts; returns new t.
-        Masked with torch.where so that it needs no host sync (the GPU path)."""
-        wd = self.weight_decay
-        t_new = t + ok.float()
-        b1, b2 = ADAM_BETAS
-        for k in p:
-            param, g = p[k], grads[k]
-            mask = _bcast(ok, param)
-            if self.optimizer == "sgd":
-                step = g + wd * param if wd else g
-                p[k] = torch.where(mask, param - lr * step, param)
-                continue
-            if self.optimizer == "adam" and wd:
-                g = g + wd * param
-            m_new = b1 * m[k] + (1 - b1) * g
-            s_new = b2 * s[k] + (1 - b2) * g * g
-            tt = _bcast_vals(t_new.clamp(min=1.0), param)
-            bc1 = 1 - torch.pow(b1, tt)
-            bc2_sqrt = torch.sqrt(1 - torch.pow(b2, tt))
-            base = param * (1 - lr * wd) if (self.optimizer == "adamw" and wd) else param
-            new = base - (lr / bc1) * m_new / (torch.sqrt(s_new) / bc2_sqrt + ADAM_EPS)
-            p[k] = torch.where(mask, new, param)
-            m[k] = torch.where(mask, m_new, m[k])
-            s[k] = torch.where(mask, s_new, s[k])
-        return t_new
-
-
-def _bcast(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
-
-
-def _bcast_vals(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(v.shape[0], *([1] * (like.dim() - 1)))

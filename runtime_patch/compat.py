@@ -37,7 +37,17 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.layers.sampler.Sampler._sync_token_ids_across_tp": "TP token sync of explored greedy ids",
     "sglang.srt.layers.vocab_parallel_embedding.VocabParallelEmbeddingShardIndices":
         "where a TP rank's LM-head rows sit in the vocabulary",
+    **{f"sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager.{m}":
+       "online weight updates re-bind the LM head" for m in ("update_weights_from_disk", "update_weights_from_tensor",
+                                                           "update_weights_from_distributed", "update_weights_from_ipc")},
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request": "routing key header on /generate",
+    "sglang.srt.managers.io_struct.GenerateReqInput.routing_key": "a routing key names the group",
 }
+
+# runtime_patch/serving.py: the 400 without the esamp backend, telemetry on every response path
+from runtime_patch.serving import TOUCH_POINTS as _SERVING_TOUCH_POINTS  # noqa: E402
+
+TOUCH_POINTS.update(_SERVING_TOUCH_POINTS)
 
 
 class IncompatibleSGLang(RuntimeError):

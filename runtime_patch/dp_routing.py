@@ -63,5 +63,9 @@ def route_group_to_dp_rank(result, tokenizer_manager, obj, *args, **kwargs):
         return result  # a stock server ignores `esamp`: keep its load balancing
     group = exploring_group_of(result)
     if group is not None:
-        result.routed_dp_rank = dp_rank_for_group(group, num_dp_ranks)
+        from runtime_patch.grouping import affinity_key
+
+        # A prompt group (group_by = prompt) is routed by its prompt: every window's group of one
+        # prompt goes to the same rank, the one whose prefix cache holds it.
+        result.routed_dp_rank = dp_rank_for_group(affinity_key(group), num_dp_ranks)
     return result

@@ -8,7 +8,6 @@ request carries `esamp*` custom params.
 from __future__ import annotations
 
 import logging
-import uuid
 
 from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
 from esamp_sgl.explorer import Explorer
@@ -58,6 +57,9 @@ def bind_model(result, runner):
     explorer = Explorer(config, hidden, full_lm_head_weight(runner.model.lm_head), device=runner.device)
     STATE.runtime = runner.sampler.runtime = ESampRuntime(config, explorer, taps)
     STATE.runtime.dp_rank = get_parallel().dp_rank
+    from runtime_patch.metrics import scheduler_metrics
+
+    STATE.runtime.metrics = scheduler_metrics(STATE.runtime)  # None without --enable-metrics
     logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g)",
                 taps.capture_indices, config.max_groups, config.rule, config.beta)
     return result
@@ -184,13 +186,12 @@ def validate_custom_params(result, sampling_params, *args, **kwargs):
 
 def stamp_group(result, tokenizer_manager, obj, *args, **kwargs):
     """AFTER TokenizerManager._create_tokenized_object: give an exploring request without
-    `esamp_group` a group of its own. n>1 siblings are copies of this object, so they share it."""
-    params = getattr(result.sampling_params, "custom_params", None)
-    if not params or not params.get("esamp") or params.get("esamp_group") is not None:
-        return result
-    rid = obj.rid if isinstance(obj.rid, str) else uuid.uuid4().hex
-    # A new dict: one sampling-params dict may be shared by every prompt of a batch request.
-    result.sampling_params.custom_params = {**params, "esamp_group": f"req-{rid}"}
+    `esamp_group` a group id: its own (`req-<rid>`), or its prompt's under `group_by = prompt`; and
+    mark every request as exploring under `explore_all` (runtime_patch/grouping.py). n>1 siblings
+    are copies of this object, so they share the group."""
+    from runtime_patch.grouping import tokenizer_grouping
+
+    tokenizer_grouping().stamp(result, obj)
     return result
 
 

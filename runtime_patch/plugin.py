@@ -72,6 +72,21 @@ def _register_hooks() -> None:
          hooks.chat_response_telemetry, after),
     ):
         HookRegistry.register(target, fn, kind)
+    # online weight updates (RL loops): re-bind the LM head, restart live groups
+    from runtime_patch import weight_sync
+
+    for method in weight_sync.UPDATE_METHODS:
+        HookRegistry.register(f"{weight_sync.MANAGER}.{method}", weight_sync.rebind_after_weight_update, after)
+    # /generate: the X-SMG-Routing-Key header as SGLang's routing_key (a group id, runtime_patch/grouping.py)
+    from runtime_patch import grouping
+
+    HookRegistry.register("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
+                          grouping.routing_key_from_header, HookType.BEFORE)
+    # what a client sees (runtime_patch/serving.py): 400 without the esamp backend, telemetry on every path
+    from runtime_patch import serving
+
+    for target, fn, kind in serving.HOOK_SPECS:
+        HookRegistry.register(target, fn, HookType[kind])
 
 
 def load() -> None:

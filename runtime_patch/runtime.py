@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from esamp_sgl.config import ESampConfig, ExploreRequest
 from esamp_sgl.explorer import Explorer
+from esamp_sgl.plan import RowGroups, plan_arrays, to_device
 from esamp_sgl.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
@@ -23,6 +25,14 @@ logger = logging.getLogger("esamp_sgl.runtime")
 
 # A fit on one position has no variance to explain: such a group is not warm-started (gate shut).
 MIN_WARM_START_POSITIONS = 2
+
+
+def lm_head_norm(weight: torch.Tensor, rows: int = 8192) -> float:
+    """Frobenius norm of the LM head in fp32, a block of rows at a time (no full-size fp32 copy)."""
+    total = 0.0
+    for start in range(0, weight.shape[0], rows):
+        total += float(weight[start:start + rows].float().square().sum())
+    return total ** 0.5
 
 
 @dataclass
@@ -38,8 +48,9 @@ class RowPlan:
     slots: torch.Tensor  # [R] int64, -1 = stock row
     betas: torch.Tensor  # [R] float32
     train: torch.Tensor  # [R] bool: the row's group trains its Distiller
-    rules: list[str]
+    rules: str | list[str]  # one name when every row has the same rule
     any_active: bool
+    groups: RowGroups | None = None  # the rows with a slot grouped per slot (esamp_sgl/plan.py)
 
 
 class ESampRuntime:
@@ -52,6 +63,12 @@ class ESampRuntime:
         self.prompt_pairs = PromptPairs(config.warm_start_prompts, config.warm_start_max_positions)
         self.steps = 0
         self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
+        # Online weight updates seen (runtime_patch/weight_sync.py) and a fingerprint of the LM head
+        # that `d` is computed from, so a client can see that the backend follows the new weights.
+        self.weight_updates = 0
+        self.lm_head_norm = lm_head_norm(explorer.lm_head_weight)
+        # runtime_patch.metrics.ESampMetrics with --enable-metrics (set in hooks.bind_model), else None.
+        self.metrics = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @staticmethod
@@ -71,6 +88,8 @@ class ESampRuntime:
             if self.stock_groups[group] == 1:
                 logger.warning("esamp: bank full (%d groups); group %r is sampled stock", self.config.max_groups, group)
         self.members[rid] = Member(group, slot)
+        if self.metrics is not None:
+            self.metrics.update(self)
 
     def leave(self, rid: str) -> dict | None:
         """Remove a finished/aborted request; return its final telemetry (None if not a member)."""
@@ -84,12 +103,18 @@ class ESampRuntime:
                 self.stock_groups[member.group] = left
             else:
                 del self.stock_groups[member.group]
-        elif self.explorer.release_group(member.group) is not None and telemetry["status"] != "ok":
-            # Once per group (its last member freed the slot); the counters say how often it happened.
-            logger.warning("esamp: group %r had non-finite Distiller output (%d predictions sampled stock, "
-                           "%d resets)", member.group, telemetry.get("nonfinite_predictions", 0),
-                           telemetry.get("nonfinite_resets", 0))
+        else:
+            last = self.explorer.release_group(member.group) is not None  # the last member freed the slot
+            if last and self.metrics is not None:
+                self.metrics.group_finished(telemetry)  # the group's final counters
+            if last and telemetry["status"] != "ok":
+                # Once per group; the counters say how often it happened.
+                logger.warning("esamp: group %r had non-finite Distiller output (%d predictions sampled stock, "
+                               "%d resets)", member.group, telemetry.get("nonfinite_predictions", 0),
+                               telemetry.get("nonfinite_resets", 0))
         telemetry["server"] = self.summary()  # after leaving: lets a client see that nothing leaked
+        if self.metrics is not None:
+            self.metrics.update(self)
         return telemetry
 
     def telemetry(self, member: Member) -> dict:
@@ -101,6 +126,18 @@ class ESampRuntime:
         out["status"] = ("nonfinite_prediction" if out.get("nonfinite_predictions")
                          else "nonfinite_reset" if out.get("nonfinite_resets") else "ok")
         return out
+
+    # -- online weight updates ---------------------------------------------------------------------
+    def on_weights_updated(self, lm_head_weight: torch.Tensor) -> int:
+        """The engine loaded new weights: compute `d` from the new LM head, and restart every live
+        group (a Distiller fitted to the old network must not steer or keep training across the
+        change; the captured prompt pairs are the old network's too). Returns the groups reset."""
+        self.explorer.rebind_lm_head(lm_head_weight)
+        reset = self.explorer.reset_live_groups()
+        self.prompt_pairs.clear()
+        self.weight_updates += 1
+        self.lm_head_norm = lm_head_norm(self.explorer.lm_head_weight)
+        return reset
 
     # -- prefill warm start -------------------------------------------------------------------------
     def wants_prompt_positions(self, rows: BatchRows | None) -> bool:
@@ -144,12 +181,20 @@ class ESampRuntime:
             train.append(trains)
             rules.append(rule)
         any_active = any(s >= 0 for s in slots)
+        # The rows grouped per slot (esamp_sgl/plan.py), decided here where each row's slot is known,
+        # and every per-row array in ONE host->device copy from pinned memory (non-blocking on CUDA).
+        slots_np = np.asarray(slots, dtype=np.int64)
+        train_np = np.asarray(train, dtype=bool)
+        group_arrays, build = plan_arrays(slots_np, train_np) if any_active else ([], None)
+        views = to_device([slots_np, np.asarray(betas, dtype=np.float32), train_np, *group_arrays],
+                          device)
         return RowPlan(
-            slots=torch.tensor(slots, dtype=torch.int64).to(device, non_blocking=True),
-            betas=torch.tensor(betas, dtype=torch.float32).to(device, non_blocking=True),
-            train=torch.tensor(train, dtype=torch.bool).to(device, non_blocking=True),
-            rules=rules,
+            slots=views[0],
+            betas=views[1],
+            train=views[2],
+            rules=rules[0] if rules and rules.count(rules[0]) == len(rules) else rules,  # one rule: a str
             any_active=any_active,
+            groups=build(views[3:]) if build is not None else None,
         )
 
     def slots_in_use(self) -> int:
@@ -165,4 +210,6 @@ class ESampRuntime:
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
             "dp_rank": self.dp_rank,
+            "weight_updates": self.weight_updates,
+            "lm_head_norm": self.lm_head_norm,
         }

@@ -121,6 +121,7 @@ class ESampSampler(Sampler):
             rules=step.plan.rules,
             probs=probs,
             train=step.plan.train,
+            groups=step.plan.groups,
         )
         try:
             return explore_step(self.runtime.explorer, batch, stock_once)

@@ -1,8 +1,13 @@
 """Per-step cost of ESamp (predict + candidates + reweight + sample + train) next to the stock
 sampler on the same logits, on CPU (or --device cuda). A/B interleaved; medians over `repeats`.
+Also ops and bytes written per step and per training step (esamp_sgl/bench/opcount.py; counted,
+not timed, so they do not depend on machine load): on CPU at R = 256 rows in groups of 8, H 576,
+V 49152, for the CPU path and for the CUDA code path run on CPU ("static"); with --device cuda at
+the GPU shapes R ∈ {64, 256}, H ∈ {896, 3584}, V 152064.
 
     python -m esamp_sgl.bench.core [--rows 8 64] [--hidden 576 3584] [--vocab 49152 152064]
                                    [--repeats 7] [--train-modes] [--device cpu|cuda]
+                                   [--no-counts] [--baseline-counts before.json] [--output out.json]
 
 Workload (synthetic, fixed seed): `rows` decode rows in groups of 8 samples (one bank slot per
 group), temperature 0.8, top-p 0.95, min-p 0.05, no top-k; logits = N(0, 2²) noise plus 20
@@ -17,7 +22,9 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +33,8 @@ from esamp_sgl.candidates import stock_sample
 from esamp_sgl.config import ESampConfig
 from esamp_sgl.explorer import Explorer
 from esamp_sgl.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.bench.opcount import step_counts
+from esamp_sgl.plan import plan_groups
 from esamp_sgl.step import StepBatch, candidates, explore_step, row_filters
 
 GROUP_SIZE = 8
@@ -64,7 +73,8 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
         is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE), slots=slots.to(DEVICE),
         betas=torch.full((rows,), 0.5, device=DEVICE), source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
         target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
-        probs=torch.softmax(scaled, dim=-1))
+        probs=torch.softmax(scaled, dim=-1),
+        groups=plan_groups(slots.tolist(), None, DEVICE))  # the engine's host plan
 
 
 def _explorer(rows: int, hidden: int, vocab: int, train_mode: str = "auto") -> tuple[Explorer, torch.Tensor]:
@@ -106,7 +116,8 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
         parts["sample"].append(_ms(lambda: sample_candidates(out["s"], cand.ids, batch.is_greedy,
                                                              ex.generator, ex.backend)))
         parts["train"].append(_ms(lambda: (ex.trainer.schedule(batch.source, batch.target,
-                                                               batch.slots, batch.slots >= 0),
+                                                               batch.slots, batch.slots >= 0,
+                                                               groups=batch.groups.train),
                                            ex.trainer.wait())))
     ex.close()
     s, e = _median(stock_ms), _median(step_ms)
@@ -175,6 +186,54 @@ def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: lis
             "cases": cases}
 
 
+def run_counts(device: torch.device, rows_list: list[int] | None = None,
+               hidden_list: list[int] | None = None, vocab: int | None = None,
+               group_size: int = 8, on_case: Callable[[dict], None] | None = None) -> list[dict]:
+    """Ops and bytes per step (opcount.step_counts) at the issue's shapes for this device."""
+    cuda = device.type == "cuda"
+    rows_list = rows_list or ([64, 256] if cuda else [256])
+    hidden_list = hidden_list or ([896, 3584] if cuda else [576])
+    vocab = vocab or (152064 if cuda else 49152)
+    paths = ["static"] if cuda else ["cpu", "static"]
+    out = []
+    for hidden in hidden_list:
+        for rows in rows_list:
+            for path in paths:
+                out.append(_count_summary(step_counts(rows, group_size, hidden, vocab, path,
+                                                      device=device)))
+                if on_case is not None:
+                    on_case(out[-1])
+    return out
+
+
+def _count_summary(c: dict) -> dict:
+    """A compact record: totals, and the top ops/bytes of the whole step."""
+    keep = ("ops", "views", "bytes_written", "host_reads")
+    return {**{k: c[k] for k in ("rows", "groups", "hidden", "vocab", "rank", "path", "device")},
+            "step": {k: c["step"][k] for k in keep}, "train": {k: c["train"][k] for k in keep},
+            "step_top_bytes": c["step"]["top_bytes"], "train_top_bytes": c["train"]["top_bytes"],
+            **({"phases": c["phases"]} if "phases" in c else {})}
+
+
+def compare_counts(after: list[dict], before: list[dict]) -> list[dict]:
+    """before → after per (rows, hidden, path): ops and bytes, and the ratio before/after."""
+    def key(c: dict) -> tuple:
+        return c["rows"], c["hidden"], c["vocab"], c["path"]
+    old = {key(c): c for c in before}
+    out = []
+    for c in after:
+        b = old.get(key(c))
+        if b is None:
+            continue
+        row = {"rows": c["rows"], "groups": c["groups"], "hidden": c["hidden"], "path": c["path"]}
+        for part in ("step", "train"):
+            for k in ("ops", "bytes_written", "host_reads"):
+                row[f"{part}_{k}"] = [b[part][k], c[part][k]]
+            row[f"{part}_bytes_reduction"] = round(b[part]["bytes_written"] / max(c[part]["bytes_written"], 1), 2)
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[8, 64])
@@ -186,15 +245,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-mode-steps", type=int, default=4)
     p.add_argument("--train-mode-rounds", type=int, default=10)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True,
+                   help="ops and bytes per step at the issue's shapes (default on)")
+    p.add_argument("--count-rows", type=int, nargs="+", help="default: 256 (cpu), 64 256 (cuda)")
+    p.add_argument("--count-hidden", type=int, nargs="+", help="default: 576 (cpu), 896 3584 (cuda)")
+    p.add_argument("--count-vocab", type=int, help="default: 49152 (cpu), 152064 (cuda)")
+    p.add_argument("--baseline-counts", help="opcount JSON of an older checkout: adds before → after")
+    p.add_argument("--no-timing", action="store_true", help="counts only")
+    p.add_argument("--output", help="write the JSON here as well (rewritten after every case)")
+    p.add_argument("--note", help="a free-text note stored in the JSON (e.g. machine load)")
     args = p.parse_args(argv)
     global DEVICE
     DEVICE = torch.device(args.device)
-    result = run_core_bench(args.rows, args.hidden, args.vocab, args.repeats)
+    result: dict = {"device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "machine": platform.machine(),
+                    "command": "python -m esamp_sgl.bench.core " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if args.note:
+        result["note"] = args.note
+
+    def flush(_: object = None) -> None:
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(result, indent=1))
+    if args.counts:  # first: deterministic, and the GPU check wants them even if timing runs out
+        result["counts"] = []
+        run_counts(DEVICE, args.count_rows, args.count_hidden, args.count_vocab,
+                   on_case=lambda c: (result["counts"].append(c), flush()))
+        if args.baseline_counts:
+            before = [_count_summary(c) for c in json.loads(Path(args.baseline_counts).read_text())]
+            result["counts_before"] = before
+            result["counts_before_after"] = compare_counts(result["counts"], before)
+        flush()
+    if not args.no_timing:
+        result.update(run_core_bench(args.rows, args.hidden, args.vocab, args.repeats))
+        flush()
     if args.train_modes:
         result["train_modes"] = [
             compare_train_modes(r, h, args.vocab[0], args.train_mode_steps,
                                 rounds=args.train_mode_rounds)
             for h in args.hidden for r in args.rows]
+        flush()
     print(json.dumps(result, indent=1))
 
 

@@ -7,17 +7,34 @@ hits all of them alike:
   identical sampling parameters; `esamp` adds `custom_params={"esamp": true}` (β = server default,
   test-time training on), `esamp_frozen` the same with `"esamp_train": false` (predict and reweight,
   no training), which splits the overhead into reweighting and training.
-Every request is streamed and `ignore_eos`, so every arm generates the same number of tokens.
+Every request is `ignore_eos`, so every arm generates the same number of tokens.
 Output: tokens/s per round and arm, the ratios to stock with their spread, inter-token latency
 percentiles (the time between a sample's consecutive streamed tokens ≈ one decode step of the
 batch it ran in), and the server's peak resident memory per arm (process tree, sampled every
 0.2 s; only when this command started the server). JSON to --output, a one-line summary on stderr.
+
+`--stock-server` (or `--stock-url`) adds the arm `stock_server`: the same workload against a
+separate stock SGLang server (`--sampling-backend pytorch` on CPU, `flashinfer` on a GPU: what a
+user would run without this plugin), interleaved with the other arms round by round; the ratios
+`*_over_stock_server` compare with it (`stock_over_stock_server` = the plugin's cost when no row
+explores). Per arm, the spread of tokens/s over rounds (coefficient of variation) is the machine's
+noise. Only the arm being measured generates; the other server idles (`--sleep-on-idle` on CPU).
+The stock server is started with `SGLANG_PLUGINS` set to a name no plugin has, so SGLang does not
+load the esamp plugin in it at all (`--stock-with-plugin`: load it, backend still stock).
+
+Client: `--client stream` (default) parses every streamed token (it gives the inter-token
+latency); `--client batch` sends plain non-streamed requests, so the client does O(requests) work
+instead of O(tokens), for fast GPUs where a Python streaming client could be the bottleneck. Each
+round reports the client's own CPU time over the wall time (`client_cpu_fraction`): near 0, the
+client is not the bottleneck; near 1 (a full core), it may be.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -63,12 +80,30 @@ def _post_streamed(url: str, text: str, params: dict) -> tuple[int, list[float]]
     return sum(tokens.values()), gaps
 
 
-def _concurrent(url: str, texts: list[str], params: dict) -> tuple[int, float, list[float]]:
+def _post_batch(url: str, text: str, params: dict) -> tuple[int, list[float]]:
+    """(completion tokens, no gaps) of one non-streamed request: one response per request."""
+    body = {"text": text, "sampling_params": params}
+    response = requests.post(url + "/generate", json=body, timeout=1200)
+    response.raise_for_status()
+    out = response.json()
+    items = out if isinstance(out, list) else [out]
+    return sum(item["meta_info"]["completion_tokens"] for item in items), []
+
+
+CLIENTS = {"stream": _post_streamed, "batch": _post_batch}
+
+
+def _concurrent(url: str, texts: list[str], params: dict,
+                client: str = "stream") -> tuple[int, float, list[float], float]:
+    """(tokens, wall seconds, inter-token gaps, client CPU seconds) of the requests run at once."""
+    post = CLIENTS[client]
+    cpu0 = time.process_time()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(texts)) as pool:
-        results = list(pool.map(lambda t: _post_streamed(url, t, params), texts))
+        results = list(pool.map(lambda t: post(url, t, params), texts))
     seconds = time.monotonic() - started
-    return sum(r[0] for r in results), seconds, [g for r in results for g in r[1]]
+    return (sum(r[0] for r in results), seconds, [g for r in results for g in r[1]],
+            time.process_time() - cpu0)
 
 
 class PeakMemory:
@@ -124,45 +159,85 @@ def _ratio(values: list[float]) -> dict[str, float | list[float]]:
     return {"per_round": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _cv(values: list[float]) -> float | None:
+    """Coefficient of variation over rounds (the machine's noise for that arm)."""
+    return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else None
+
+
+NO_PLUGIN = "esamp-sgl-bench-none"  # SGLANG_PLUGINS whitelist entry that matches no plugin
+ARMS = ("single", "parallel8", "stock_server", "stock", "esamp", "esamp_frozen")
+
+
 def run(url: str, prompts: int, n: int, max_tokens: int, rounds: int, temperature: float, min_p: float,
-        server_pid: int | None = None) -> dict:
+        server_pid: int | None = None, stock_url: str | None = None, stock_pid: int | None = None,
+        client: str = "stream", arms: tuple[str, ...] | list[str] | None = None) -> dict:
     base = {"max_new_tokens": max_tokens, "ignore_eos": True, "temperature": temperature, "min_p": min_p}
     texts = [_chat(PROMPTS[i % len(PROMPTS)]) for i in range(prompts)]
-    arms = {
-        "single": ([texts[0]], base),
-        "parallel8": ([_chat(p) for p in PROMPTS[:8]], base),
-        "stock": (texts, {**base, "n": n}),
-        "esamp": (texts, {**base, "n": n, "custom_params": {"esamp": True}}),
-        "esamp_frozen": (texts, {**base, "n": n, "custom_params": {"esamp": True, "esamp_train": False}}),
+    every = {  # name: (server url, server pid, prompts, sampling params)
+        "single": (url, server_pid, [texts[0]], base),
+        "parallel8": (url, server_pid, [_chat(p) for p in PROMPTS[:8]], base),
+        "stock_server": (stock_url, stock_pid, texts, {**base, "n": n}),
+        "stock": (url, server_pid, texts, {**base, "n": n}),
+        "esamp": (url, server_pid, texts, {**base, "n": n, "custom_params": {"esamp": True}}),
+        "esamp_frozen": (url, server_pid, texts, {**base, "n": n,
+                                                  "custom_params": {"esamp": True, "esamp_train": False}}),
     }
+    wanted = list(arms) if arms else [a for a in ARMS if a != "stock_server" or stock_url]
+    unknown = set(wanted) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+    if "stock_server" in wanted and not stock_url:
+        raise ValueError("the stock_server arm needs --stock-server or --stock-url")
+    arms_map = {name: every[name] for name in ARMS if name in wanted}
     # Warm-up (not timed), for every arm's code path: the first ESamp steps (first training step,
     # allocator growth) would otherwise land in round 1 of the esamp arm only.
-    for _, params in arms.values():
-        _concurrent(url, texts[:2], {**params, "max_new_tokens": 8, "n": 2})
-    rates: dict[str, list[float]] = {name: [] for name in arms}
-    gaps: dict[str, list[float]] = {name: [] for name in arms}
-    peak: dict[str, float] = {name: 0.0 for name in arms}
-    baseline_mib = PeakMemory(server_pid).rss_mib() if server_pid else None
+    for arm_url, _, _, params in arms_map.values():
+        _concurrent(arm_url, texts[:2], {**params, "max_new_tokens": 8, "n": 2}, client)
+    rates: dict[str, list[float]] = {name: [] for name in arms_map}
+    gaps: dict[str, list[float]] = {name: [] for name in arms_map}
+    client_cpu: dict[str, list[float]] = {name: [] for name in arms_map}
+    peak: dict[str, float] = {name: 0.0 for name in arms_map}
+    pids = {p for _, p, _, _ in arms_map.values() if p}
+    baseline_mib = {pid: PeakMemory(pid).rss_mib() for pid in pids}
     for r in range(rounds):
-        order = list(arms) if r % 2 == 0 else list(reversed(arms))
+        order = list(arms_map) if r % 2 == 0 else list(reversed(arms_map))
         for name in order:
-            batch, params = arms[name]
-            with PeakMemory(server_pid) as mem:
-                tokens, seconds, itl = _concurrent(url, batch, params)
+            arm_url, pid, batch, params = arms_map[name]
+            with PeakMemory(pid) as mem:
+                tokens, seconds, itl, cpu = _concurrent(arm_url, batch, params, client)
             rates[name].append(tokens / seconds)
             gaps[name] += itl
+            client_cpu[name].append(cpu / seconds)
             peak[name] = max(peak[name], mem.peak)
-            print(f"round {r + 1}/{rounds} {name:<13} {tokens / seconds:8.1f} tok/s", file=sys.stderr)
-    return {
+            print(f"round {r + 1}/{rounds} {name:<13} {tokens / seconds:8.1f} tok/s "
+                  f"(client cpu {cpu / seconds:.2f})", file=sys.stderr)
+    report = {
         "workload": {"prompts": prompts, "n": n, "max_tokens": max_tokens, "rounds": rounds,
-                     "temperature": temperature, "min_p": min_p},
+                     "temperature": temperature, "min_p": min_p, "client": client, "arms": list(arms_map)},
         "tokens_per_s": rates,
         "median_tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
-        "esamp_over_stock": _ratio([e / s for e, s in zip(rates["esamp"], rates["stock"])]),
-        "esamp_frozen_over_stock": _ratio([e / s for e, s in zip(rates["esamp_frozen"], rates["stock"])]),
+        "noise_cv_over_rounds": {k: _cv(v) for k, v in rates.items()},
+        "client_cpu_fraction": {k: max(v) for k, v in client_cpu.items()},
         "inter_token_latency": {k: _percentiles(v) for k, v in gaps.items()},
-        "server_rss_mib": ({"before": baseline_mib, "peak_per_arm": peak} if server_pid else None),
+        "server_rss_mib": ({"before": baseline_mib.get(server_pid) if server_pid else None,
+                            "before_stock_server": baseline_mib.get(stock_pid) if stock_pid else None,
+                            "peak_per_arm": peak} if pids else None),
     }
+    for ref in ("stock", "stock_server"):
+        if ref not in rates:
+            continue
+        suffix = "" if ref == "stock" else "_server"
+        for name in ("stock", "esamp", "esamp_frozen"):
+            if name in rates and name != ref:
+                report[f"{name}_over_stock{suffix}"] = _ratio([e / s for e, s in zip(rates[name], rates[ref])])
+    return report
+
+
+def stock_backend() -> str:
+    """What a stock server uses here: SGLang's default (flashinfer with a GPU, pytorch on CPU)."""
+    from esamp_sgl.server import cuda_available
+
+    return "flashinfer" if cuda_available() else "pytorch"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +245,20 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an already running server started with --sampling-backend esamp "
                                       "(default: start one on the bundled model)")
-    parser.add_argument("--model-path", help="model for the server this command starts")
+    parser.add_argument("--model-path", help="model for the server(s) this command starts")
+    parser.add_argument("--stock-server", action="store_true",
+                        help="also start a separate stock server (pytorch on CPU, flashinfer on GPU) "
+                             "and add the stock_server arm")
+    parser.add_argument("--stock-url", help="an already running stock server (adds the stock_server arm)")
+    parser.add_argument("--stock-backend", help="sampling backend of the stock server this command "
+                                                "starts (default: SGLang's default here)")
+    parser.add_argument("--stock-with-plugin", action="store_true",
+                        help="load the esamp plugin in the stock server too (default: not loaded, "
+                             "i.e. SGLang exactly as without esamp-sgl)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS,
+                        help=f"arms to run (default: all of {', '.join(ARMS)}; stock_server only "
+                             "with a stock server)")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default="stream")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -182,34 +270,56 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prompts", "n", "max_tokens", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.arms and "stock_server" in args.arms and not (args.stock_server or args.stock_url):
+        parser.error("--arms stock_server needs --stock-server or --stock-url")
     workload = dict(prompts=args.prompts, n=args.n, max_tokens=args.max_tokens, rounds=args.rounds,
-                    temperature=args.temperature, min_p=args.min_p)
-    if args.url:
-        report = run(args.url, **workload)
-    else:
-        from esamp_sgl.models import resolve_model_path
-        from esamp_sgl.server import SGLangServer
+                    temperature=args.temperature, min_p=args.min_p, client=args.client, arms=args.arms)
+    with contextlib.ExitStack() as stack:
+        report_extra: dict = {}
+        url, pid = args.url, None
+        stock_url, stock_pid = args.stock_url, None
+        if not url or (args.stock_server and not stock_url):
+            from esamp_sgl.models import resolve_model_path
+            from esamp_sgl.server import SGLangServer
 
-        with SGLangServer(resolve_model_path(args.model_path), sampling_backend="esamp") as server:
-            report = run(server.url, **workload, server_pid=server.process.pid)
-            report["server_startup_s"] = server.startup_seconds
+            model = resolve_model_path(args.model_path)
+            if not url:
+                server = stack.enter_context(SGLangServer(model, sampling_backend="esamp"))
+                url, pid = server.url, server.process.pid
+                report_extra["server_startup_s"] = server.startup_seconds
+            if args.stock_server and not stock_url:
+                backend = args.stock_backend or stock_backend()
+                env = None if args.stock_with_plugin else {**os.environ, "SGLANG_PLUGINS": NO_PLUGIN}
+                stock = stack.enter_context(SGLangServer(model, sampling_backend=backend, env=env))
+                stock_url, stock_pid = stock.url, stock.process.pid
+                report_extra["stock_server"] = {"sampling_backend": backend, "plugin_loaded": args.stock_with_plugin,
+                                                "startup_s": stock.startup_seconds}
+        report = run(url, **workload, server_pid=pid, stock_url=stock_url, stock_pid=stock_pid)
+        report.update(report_extra)
     report["command"] = "esamp-sgl bench overhead " + " ".join(sys.argv[3:] if argv is None else argv)
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)
         (Path(args.output) / "overhead.json").write_text(text)
     print(text)
-    med, itl = report["median_tokens_per_s"], report["inter_token_latency"]
-    ratio, frozen = report["esamp_over_stock"], report["esamp_frozen_over_stock"]
-    mem = report["server_rss_mib"]
-    print(f"single {med['single']:.1f} tok/s · 8 parallel {med['parallel8']:.1f} tok/s · "
-          f"{args.prompts}x n={args.n}: stock {med['stock']:.1f}, esamp {med['esamp']:.1f}, "
-          f"frozen {med['esamp_frozen']:.1f} tok/s · esamp/stock {ratio['median']:.3f} "
-          f"(range {ratio['min']:.3f}-{ratio['max']:.3f}), frozen/stock {frozen['median']:.3f} · "
-          f"ITL p50 stock {itl['stock']['p50_ms'] or float('nan'):.0f} ms, esamp {itl['esamp']['p50_ms'] or float('nan'):.0f} ms"
-          + (f" · peak RSS stock {mem['peak_per_arm']['stock']:.0f} MiB, esamp {mem['peak_per_arm']['esamp']:.0f} MiB"
-             if mem else ""), file=sys.stderr)
+    print(summary_line(report), file=sys.stderr)
     return 0
+
+
+def summary_line(report: dict) -> str:
+    med, itl, cv = report["median_tokens_per_s"], report["inter_token_latency"], report["noise_cv_over_rounds"]
+    parts = [f"{name} {rate:.1f} tok/s" + (f" (cv {cv[name]:.3f})" if cv.get(name) is not None else "")
+             for name, rate in med.items()]
+    for key in ("esamp_over_stock_server", "esamp_frozen_over_stock_server", "stock_over_stock_server",
+                "esamp_over_stock", "esamp_frozen_over_stock"):
+        if key in report:
+            r = report[key]
+            parts.append(f"{key} {r['median']:.3f} (range {r['min']:.3f}-{r['max']:.3f})")
+    p50 = {k: v["p50_ms"] for k, v in itl.items() if v["p50_ms"] is not None}
+    if p50:
+        parts.append("ITL p50 " + ", ".join(f"{k} {v:.0f} ms" for k, v in p50.items()))
+    parts.append(f"client cpu max {max(report['client_cpu_fraction'].values()):.2f}")
+    return " · ".join(parts)
 
 
 if __name__ == "__main__":

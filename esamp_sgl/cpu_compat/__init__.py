@@ -1,13 +1,23 @@
-"""A pure-torch `sgl_kernel` for CPU-only machines, used only when the real one cannot be imported.
+"""A pure-torch `sgl_kernel` for CPU serving when no `sgl_kernel` is installed.
 
 SGLang 0.5.23's CPU engine (`SGLANG_USE_CPU_ENGINE=1`) imports a few `*_cpu` helpers from `sgl_kernel`
-at module import time, but the only `sglang-kernel` wheel on PyPI is a CUDA build that fails to load
-without `libcuda.so.1`. SGLang's plugin entry points load too late to help (the engine module imports
-`sgl_kernel` before `load_plugins()` runs), so the package installs `esamp_sgl_cpu_compat.pth` into
-site-packages. That file calls `install()` at interpreter start-up, which puts `SglKernelFinder`
-first on `sys.meta_path`. The finder does nothing until something imports `sgl_kernel`; then it
-tries the real package once and falls back to `esamp_sgl.cpu_compat.sgl_kernel_standin` only if that
-import raises. Set `ESAMP_SGL_NO_KERNEL_STANDIN=1` to disable the fallback entirely.
+at module import time, but the only `sglang-kernel` wheel on PyPI is a CUDA build (the CPU profile in
+scripts/setup.sh does not install it). SGLang's plugin entry points load too late to help (the engine
+module imports `sgl_kernel` before `load_plugins()` runs), so the package installs
+`esamp_sgl_cpu_compat.pth` into site-packages. That file calls `install()` at interpreter start-up,
+which puts `SglKernelFinder` first on `sys.meta_path`. The finder does nothing until something imports
+`sgl_kernel`; then it supplies `esamp_sgl.cpu_compat.sgl_kernel_standin` only if both hold:
+
+* the process serves on CPU: `SGLANG_USE_CPU_ENGINE=1`, the switch SGLang itself reads for its CPU
+  engine (`sglang.srt.utils.is_cpu()`), which is also the only mode in which SGLang imports the
+  `*_cpu` helpers. (Not "no CUDA device visible": finding that out would initialise CUDA in every
+  process that imports `sgl_kernel`, before SGLang forks.) `esamp_sgl.server` sets it on machines
+  without CUDA.
+* no other finder can locate an `sgl_kernel` package. An installed `sgl_kernel` is always imported
+  as is: if it fails (e.g. the CUDA wheel without `libcuda.so.1`), its own error surfaces instead
+  of being hidden behind the stand-in.
+
+`ESAMP_SGL_NO_KERNEL_STANDIN=1` disables the finder entirely.
 
 This module is imported in every Python process of the environment: keep it free of heavy imports.
 """
@@ -23,6 +33,7 @@ import types
 
 STANDIN_MODULE = "esamp_sgl.cpu_compat.sgl_kernel_standin"
 _TARGET = "sgl_kernel"
+CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
 
 
 class _ExistingModuleLoader(importlib.abc.Loader):
@@ -39,27 +50,31 @@ class _ExistingModuleLoader(importlib.abc.Loader):
 
 
 class SglKernelFinder(importlib.abc.MetaPathFinder):
-    """Resolve `import sgl_kernel` to the real package, or to the stand-in if the real one fails."""
+    """Resolve `import sgl_kernel` to the stand-in on a CPU server that has no `sgl_kernel` installed."""
 
     def __init__(self) -> None:
-        self._probing = False
-        self.real_import_error: BaseException | None = None
+        self.supplied_standin = False
 
     def find_spec(self, fullname, path=None, target=None):  # type: ignore[override]
-        if fullname != _TARGET or self._probing:
+        if fullname != _TARGET or not cpu_serving():
             return None
-        self._probing = True
-        try:
-            module = importlib.import_module(_TARGET)  # the real package, via the other finders
-        except (ImportError, OSError) as exc:
-            self.real_import_error = exc
-            for name in [n for n in sys.modules if n == _TARGET or n.startswith(_TARGET + ".")]:
-                del sys.modules[name]  # drop half-initialised pieces of the broken real package
-            module = importlib.import_module(STANDIN_MODULE)
-            module.REAL_IMPORT_ERROR = repr(exc)
-        finally:
-            self._probing = False
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            try:
+                spec = finder.find_spec(fullname, path)
+            except Exception:  # a third-party finder's problem is not an answer either way
+                continue
+            if spec is not None:
+                return None  # installed: the import system loads it, and its errors propagate
+        module = importlib.import_module(STANDIN_MODULE)
+        self.supplied_standin = True
         return importlib.machinery.ModuleSpec(_TARGET, _ExistingModuleLoader(module), origin=module.__file__)
+
+
+def cpu_serving() -> bool:
+    """SGLang's own CPU-engine switch (read at import of `sgl_kernel`, not at interpreter start)."""
+    return os.environ.get(CPU_ENGINE_ENV, "0") == "1"
 
 
 def install() -> None:

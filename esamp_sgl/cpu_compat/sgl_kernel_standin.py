@@ -13,7 +13,6 @@ import torch
 
 __version__ = "0.0.0+esamp-sgl-standin"
 IS_ESAMP_STANDIN = True
-REAL_IMPORT_ERROR: str | None = None  # set by the finder: why the real sgl_kernel did not load
 
 IMPLEMENTED_OPS = ("assign_req_to_token_pool_cpu",)
 

@@ -182,7 +182,10 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
                      report.fmt(s["vendi"], 2), report.fmt(s["cos_dist"]), report.fmt(s["distinct_2"]),
                      report.fmt(s["nll"]), report.fmt(s["rep3"]), report.fmt(s["on_topic"]),
                      report.fmt(s["length"], 1), gain])
-    lines = [f"# Diversity vs quality — {config['model']}", "",
+    from esamp_sgl.models import model_note
+
+    note = model_note(config["model"])
+    lines = [f"# Diversity vs quality — {config['model']}", "", *([note, ""] if note else []),
              f"`{config['command']}`", "",
              f"{len(config['prompts'])} prompts × n={config['n']} × {config['max_tokens']} new tokens × "
              f"{config['replicates']} replicates; mean ± standard error over prompts; ★ = on the Pareto frontier "
@@ -300,8 +303,11 @@ def passk_main(argv: list[str]) -> int:
     rows = [[name] + [report.fmt(s["pass_at_k"][k]) for k in result["ks"]]
             + [report.fmt(s["distinct_answers"], 2), report.fmt(s["distinct_correct"], 2),
                report.fmt(s["majority_vote_accuracy"])] for name, s in result["summary"].items()]
+    from esamp_sgl.models import model_note
+
+    note = model_note(config["model"])
     (out / "passk.md").write_text("\n".join([
-        f"# pass@k — {config['model']}", "", f"`{config['command']}`", "",
+        f"# pass@k — {config['model']}", "", *([note, ""] if note else []), f"`{config['command']}`", "",
         f"{len(tasks)} tasks × n={args.n}; greedy accuracy {result['greedy_accuracy']:.1%}; "
         "mean ± s.e. over tasks.", "", report.markdown_table(header, rows),
         *_passk_preregistered_lines(result["preregistered"])]) + "\n")

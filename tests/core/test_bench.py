@@ -12,3 +12,81 @@ def test_core_bench_reports_stock_and_esamp_costs():
         assert case["mean_candidates"] >= 1
     modes = compare_train_modes(4, 16, 300, steps=2, forward_layers=1, rounds=2)
     assert modes["faster"] in ("sync", "thread")
+
+
+def test_core_bench_counts_ops_and_bytes_and_the_static_path_reads_nothing_on_the_host():
+    import torch
+
+    from esamp_sgl.bench.core import compare_counts, run_counts
+
+    counts = run_counts(torch.device("cpu"), [16], [32], 300)
+    assert [c["path"] for c in counts] == ["cpu", "static"]
+    for c in counts:
+        assert c["groups"] == 2 and c["step"]["ops"] > c["train"]["ops"] > 0
+        assert c["step"]["bytes_written"] > c["train"]["bytes_written"] > 0
+    assert counts[1]["step"]["host_reads"] == 0 and counts[1]["train"]["host_reads"] == 0
+    table = compare_counts(counts, counts)
+    assert table[0]["train_bytes_reduction"] == 1.0
+
+
+def _fake_sglang(rate_by_port: dict):
+    """A stand-in for SGLang's /generate (streamed and not): n samples of max_new_tokens tokens."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            sp = body["sampling_params"]
+            n, tokens = sp.get("n", 1), sp["max_new_tokens"]
+            rate_by_port.setdefault("seen", []).append(sp.get("custom_params"))
+            if body.get("stream"):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for t in range(1, tokens + 1):
+                    for i in range(n):
+                        chunk = {"index": i, "meta_info": {"completion_tokens": t}}
+                        self.wfile.write(b"data: " + _json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                return
+            items = [{"meta_info": {"completion_tokens": tokens}} for _ in range(n)]
+            data = _json.dumps(items if n > 1 else items[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_overhead_bench_with_a_separate_stock_server_and_both_clients():
+    from esamp_sgl.bench.serving import run, summary_line
+
+    seen: dict = {}
+    esamp, esamp_url = _fake_sglang(seen)
+    stock, stock_url = _fake_sglang(seen)
+    try:
+        for client in ("stream", "batch"):
+            out = run(esamp_url, prompts=2, n=2, max_tokens=5, rounds=2, temperature=1.0, min_p=0.05,
+                      stock_url=stock_url, client=client,
+                      arms=["stock_server", "stock", "esamp", "esamp_frozen"])
+            assert list(out["tokens_per_s"]) == ["stock_server", "stock", "esamp", "esamp_frozen"]
+            for key in ("esamp_over_stock_server", "esamp_frozen_over_stock_server",
+                        "stock_over_stock_server", "esamp_over_stock"):
+                assert len(out[key]["per_round"]) == 2 and out[key]["median"] > 0
+            assert set(out["noise_cv_over_rounds"]) == set(out["tokens_per_s"])
+            assert all(0 <= f for f in out["client_cpu_fraction"].values())
+            assert (out["inter_token_latency"]["esamp"]["p50_ms"] is None) == (client == "batch")
+            assert "esamp_over_stock_server" in summary_line(out)
+    finally:
+        esamp.shutdown()
+        stock.shutdown()
+    assert {"esamp": True, "esamp_train": False} in seen["seen"]

@@ -51,3 +51,34 @@ def test_explore_under_tensor_parallelism(tp_server, chat_prompt):
     # would fail the step and fall back to stock sampling (logged as "exploration step failed").
     assert last["tokens_reweighted"] == last["predictions"]
     assert "exploration step failed" not in tp_server.log_path.read_text(errors="replace")
+
+
+def test_a_weight_update_reassembles_the_full_lm_head_on_every_rank(tp_server, chat_prompt, model_path, tmp_path):
+    """Under TP the Explorer holds an assembled copy of the head, not the model's parameter: without the
+    re-assembly after an update, `d` would keep using the old weights."""
+    from pathlib import Path
+
+    from test_rl_rollouts import scaled_model
+
+    def server_report() -> dict:
+        body = {"text": chat_prompt("Name a colour."), "sampling_params": {
+            "n": 2, "max_new_tokens": 4, "temperature": 1.0, "custom_params": {"esamp": True}}}
+        response = requests.post(tp_server.url + "/generate", json=body, timeout=600)
+        assert response.status_code == 200, response.text
+        return response.json()[0]["meta_info"]["esamp"][0]["server"]
+
+    def update(path) -> None:
+        response = requests.post(tp_server.url + "/update_weights_from_disk", json={"model_path": str(path)}, timeout=600)
+        assert response.status_code == 200 and response.json()["success"], response.text
+
+    before = server_report()
+    update(scaled_model(Path(model_path), tmp_path / "scaled", 2.0))
+    after = server_report()
+    assert after["weight_updates"] == before["weight_updates"] + 1
+    assert after["lm_head_norm"] == pytest.approx(2 * before["lm_head_norm"], rel=1e-4)
+    log = tp_server.log_path.read_text(errors="replace")
+    for rank in range(TP_SIZE):
+        assert log.count(f"TP{rank}] esamp: LM head assembled from {TP_SIZE} TP shards") == 2  # start-up + update
+        assert f"TP{rank}] esamp: weights updated" in log
+    update(Path(model_path))
+    assert server_report()["lm_head_norm"] == pytest.approx(before["lm_head_norm"], rel=1e-4)

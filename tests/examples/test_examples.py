@@ -58,3 +58,11 @@ def test_fork8_dsl_in_process_engine_under_two_minutes():
     assert "(shared by all 4 children)" in out and "steps_trained=" in out
     print(f"in-process example: {elapsed:.0f} s")
     assert elapsed < float(os.environ.get("ESAMP_SGL_EXAMPLE_BUDGET_S", "180")), f"took {elapsed:.0f} s"
+
+
+def test_engine_generate_without_dsl():
+    """No server, no DSL: sglang.Engine(..., sampling_backend="esamp").generate with custom_params."""
+    out, elapsed = run_example("engine_generate.py", "--n", "3", "--max-tokens", "10", timeout=600)
+    assert out.count("\n[") + out.startswith("[") == 3
+    assert "3 samples; ESamp groups: ['req-" in out and "steps_trained=" in out
+    print(f"engine_generate example: {elapsed:.0f} s")

@@ -61,25 +61,41 @@ def test_unimplemented_ops_name_themselves():
         standin.not_a_cpu_helper  # noqa: B018  (non-*_cpu names are not faked)
 
 
-def _import_in_subprocess(tmp_path, fake_package: str | None) -> str:
+def _import_in_subprocess(tmp_path, fake_package: str | None, cpu_engine: bool = True) -> subprocess.CompletedProcess:
     if fake_package is not None:
         pkg = tmp_path / "sgl_kernel"
         pkg.mkdir()
         (pkg / "__init__.py").write_text(textwrap.dedent(fake_package))
     code = "import sgl_kernel; print(getattr(sgl_kernel, 'IS_ESAMP_STANDIN', False), getattr(sgl_kernel, 'ORIGIN', '-'))"
-    env_path = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
-    return out.stdout.strip()
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    if cpu_engine:
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
-def test_finder_uses_standin_when_real_package_fails_to_load(tmp_path):
+def test_finder_supplies_the_standin_on_a_cpu_server_without_sgl_kernel(tmp_path):
+    out = _import_in_subprocess(tmp_path, None)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True -"
+
+
+def test_finder_stays_out_of_the_way_when_not_serving_on_cpu(tmp_path):
+    """Without SGLANG_USE_CPU_ENGINE=1 (a GPU server, or any other process) nothing is faked."""
+    out = _import_in_subprocess(tmp_path, None, cpu_engine=False)
+    assert out.returncode != 0 and "ModuleNotFoundError: No module named 'sgl_kernel'" in out.stderr
+
+
+def test_an_installed_sgl_kernel_that_fails_to_import_raises_its_own_error(tmp_path):
     broken = "raise ImportError('libcuda.so.1: cannot open shared object file')\n"
-    assert _import_in_subprocess(tmp_path, broken) == "True -"
+    out = _import_in_subprocess(tmp_path, broken)
+    assert out.returncode != 0
+    assert "libcuda.so.1: cannot open shared object file" in out.stderr  # not hidden behind the stand-in
 
 
 def test_finder_prefers_a_working_real_package(tmp_path):
-    assert _import_in_subprocess(tmp_path, "ORIGIN = 'real'\n") == "False real"
+    out = _import_in_subprocess(tmp_path, "ORIGIN = 'real'\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False real"
 
 
 def test_finder_is_installed_by_the_package_pth_file():

@@ -84,7 +84,8 @@ def test_streaming_with_explore(backend):
     state = story.run(backend=backend, stream=True)
     chunks = list(state.text_iter())
     assert state.error() is None and state["story"] and "".join(chunks).endswith(state["story"] + "<|im_end|>\n")
-    assert explore_report(state, "story") is None  # streamed responses carry no telemetry
+    report = explore_report(state, "story")  # streamed: the telemetry rides on the final chunk
+    assert report is not None and report["group"].startswith("sgl-") and report["predictions"] > 0
 
 
 def test_select_choices_and_join_in_an_exploring_program(backend):

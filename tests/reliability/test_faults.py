@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _runtime() -> ESampRuntime:
-    config = ESampConfig(rank=8, max_groups=4)
+    config = ESampConfig(rank=8, max_groups=4, fit_gate=False)  # steering on from the first step; the gate has its own tests
     lm_head = torch.randn(V, H, generator=torch.Generator().manual_seed(123))
     # The taps are only used by the SGLang sampler to split the captured states; not needed here.
     return ESampRuntime(config, Explorer(config, H, lm_head, device="cpu"), taps=None)

@@ -84,8 +84,10 @@ def test_one_dp_rank_routes_nothing(tokenizer_manager):
     assert tokenize(tokenizer_manager, "solo", {"esamp": True}).routed_dp_rank is None
 
 
-def test_a_stock_server_routes_nothing(tokenizer_manager):
+def test_a_stock_server_refuses_exploring_requests_and_routes_nothing(tokenizer_manager):
     from sglang.srt.runtime_context import get_exec
 
     with get_exec().kernel.override(sampling_backend="pytorch"):  # what a --sampling-backend pytorch server resolves
-        assert tokenize(tokenizer_manager, "stock-server", {"esamp": True}).routed_dp_rank is None
+        with pytest.raises(ValueError, match="--sampling-backend esamp"):  # HTTP 400, before any routing
+            tokenize(tokenizer_manager, "stock-server", {"esamp": True})
+        assert tokenize(tokenizer_manager, "stock-plain").routed_dp_rank is None

@@ -1,0 +1,240 @@
+"""Ops and bytes per ESamp step, counted with a TorchDispatchMode (deterministic, not timed).
+
+* ops: aten ops that run a kernel (views excluded; counted separately), i.e. launches on a GPU.
+  A foreach/fused multi-tensor op counts once (one multi_tensor_apply launch on CUDA).
+* bytes written: for a functional op, the size of its outputs; for an op that writes its
+  arguments (in place / out=), the size of what it writes: the whole argument, except for the
+  index writes (index_copy_/index_fill_/index_add_/index_put_/scatter*), which count the rows they
+  write. `_fused_adam(w)_` counts its parameters, moments and steps (not the gradients it reads).
+* host reads: ops that read the device on the host (a sync under CUDA): .item()/bool()/float()
+  (`_local_scalar_dense`), nonzero, unique, masked_select, bincount, equal. `.tolist()` and
+  `.numpy()` of CPU tensors do not dispatch and are not seen, so on CPU this is a lower bound.
+
+    python -m esamp_sgl.bench.opcount [--rows 256] [--group-size 8] [--hidden 576] [--vocab 49152]
+
+Runs against whatever `esamp_sgl` is importable (also the code before the host plan existed,
+for before/after numbers: PYTHONPATH=<old checkout> python path/to/opcount.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+try:  # the host-side plan; absent in the code before it (the "before" count)
+    from esamp_sgl.plan import plan_groups
+except ImportError:  # pragma: no cover - only for counting an older checkout
+    plan_groups = None
+
+SYNCING = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
+           "masked_select", "bincount", "equal", "is_nonzero"}
+INDEX_WRITES = {"index_copy_", "index_fill_", "index_add_", "index_put_", "_index_put_impl_",
+                "scatter_", "scatter_add_", "scatter_reduce_"}
+FUSED_OPTIM = {"_fused_adam_", "_fused_adamw_", "_fused_sgd_"}
+ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}  # no kernel
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.views = 0
+        self.bytes_written = 0
+        self.host_reads = 0
+        self.by_op: Counter[str] = Counter()
+        self.bytes_by_op: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        schema = func._schema
+        name = func.overloadpacket.__name__
+        if name in SYNCING:
+            self.host_reads += 1
+        written = [a for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+        if not written and any(r.alias_info is not None for r in schema.returns):
+            self.views += 1  # a view: no kernel, no bytes
+            return out
+        if name in ALLOCATIONS:  # memory only: what writes it is counted where it happens
+            return out
+        self.ops += 1
+        self.by_op[name] += 1
+        values = dict(zip((a.name for a in schema.arguments), args))
+        values.update(kwargs)
+        if not written:
+            n = sum(_nbytes(t) for t in _tensors(out))
+        elif name in INDEX_WRITES:
+            n = self._index_write_bytes(name, values)
+        else:
+            skip = {"grads"} if name in FUSED_OPTIM else set()
+            n = sum(_nbytes(t) for a in written if a.name not in skip
+                    for t in _tensors(values.get(a.name)))
+        self.bytes_written += n
+        self.bytes_by_op[name] += n
+        return out
+
+    @staticmethod
+    def _index_write_bytes(name: str, v: dict) -> int:
+        self_t = v["self"]
+        if name in ("index_copy_", "index_add_"):
+            return _nbytes(v["source"])
+        if name == "index_fill_":
+            dim = v["dim"] % max(self_t.dim(), 1)
+            row = self_t.numel() // max(self_t.shape[dim], 1) if self_t.dim() else 1
+            return v["index"].numel() * row * self_t.element_size()
+        if name in ("index_put_", "_index_put_impl_"):
+            idx = [i for i in v["indices"] if i is not None]
+            n = math.prod(torch.broadcast_shapes(*(i.shape for i in idx))) if idx else 1
+            return n * math.prod(self_t.shape[len(v["indices"]):]) * self_t.element_size()
+        src = v.get("src")
+        return (_nbytes(src) if isinstance(src, torch.Tensor)
+                else v["index"].numel() * self_t.element_size())
+
+    def report(self, top: int = 8) -> dict:
+        return {"ops": self.ops, "views": self.views, "bytes_written": self.bytes_written,
+                "host_reads": self.host_reads,
+                "top_ops": dict(self.by_op.most_common(top)),
+                "top_bytes": dict(self.bytes_by_op.most_common(top))}
+
+
+def count(fn: Callable[[], object]) -> dict:
+    with OpCounter() as c:
+        fn()
+    return c.report()
+
+
+def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank: int,
+           device: torch.device, seed: int = 0):
+    from esamp_sgl.config import ESampConfig
+    from esamp_sgl.explorer import Explorer
+    from esamp_sgl.step import StepBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    if device.type == "cuda":  # 152k x 3584: draw it where it lives
+        dgen = torch.Generator(device=device).manual_seed(seed)
+        w = (torch.randn(vocab, hidden, generator=dgen, device=device) * 0.02).to(torch.bfloat16)
+    else:
+        w = (torch.randn(vocab, hidden, generator=gen) * 0.02).to(torch.bfloat16)
+    groups = -(-rows // group_size)
+    cfg = ESampConfig(max_groups=max(64, groups), rank=min(rank, hidden), fit_gate=False)
+    ex = Explorer(cfg, hidden, w.to(device), device=device)
+    if path == "static":  # the CUDA code path, run on this device
+        ex.trim_candidates = False
+        ex.trainer.static_shapes = True
+        ex.bank.grouped = False
+        if hasattr(ex, "d_machine"):
+            ex.d_machine = "cuda"  # d by the GPU's cost model (gather or GEMM)
+    slot_list = [ex.acquire_group(f"g{i // group_size}") for i in range(rows)]
+    slots = torch.tensor(slot_list, device=device)
+    logits = torch.randn(rows, vocab, generator=gen) * 2.0
+    peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
+    logits.scatter_add_(1, peaks, torch.rand(rows, 20, generator=gen) * 8 + 4)
+    scaled = (logits / 0.8).to(device)
+    kw = {}
+    if plan_groups is not None and path == "static":
+        kw["groups"] = plan_groups(slot_list, None, device)  # what the engine's plan() hands over
+    batch = StepBatch(
+        logits=scaled, temperatures=torch.full((rows,), 0.8, device=device),
+        top_k=torch.full((rows,), 1 << 30, device=device), top_p=torch.full((rows,), 0.95, device=device),
+        min_p=torch.full((rows,), 0.05, device=device), is_greedy=torch.zeros(rows, dtype=torch.bool, device=device),
+        slots=slots, betas=torch.full((rows,), 1.0, device=device),
+        source=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16),
+        target=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16), any_active=True,
+        probs=torch.softmax(scaled, dim=-1), **kw)
+    return ex, batch, slot_list
+
+
+def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: int = 49152,
+                path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu") -> dict:
+    """Counts for one whole ESamp step (explore_step minus the stock draw, which is stock's cost)
+    and for its training step alone, after two warm-up steps."""
+    from esamp_sgl.step import explore_step
+
+    device = torch.device(device)
+    ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device)
+    stock_tokens = batch.probs.argmax(-1)
+    for _ in range(2):
+        explore_step(ex, batch, lambda: stock_tokens)
+    ex.trainer.wait()
+    step = count(lambda: (explore_step(ex, batch, lambda: stock_tokens), ex.trainer.wait()))
+    train_kw = {}
+    groups = getattr(batch, "groups", None)
+    if groups is not None:
+        train_kw["groups"] = groups.train
+    has_slot = batch.slots >= 0
+    train = count(lambda: (ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot,
+                                               **train_kw), ex.trainer.wait()))
+    phases = _phase_counts(ex, batch) if path == "static" else None
+    ex.close()
+    out = {"rows": rows, "groups": len(set(slot_list)), "hidden": hidden, "vocab": vocab,
+           "rank": min(rank, hidden), "path": path, "device": str(device),
+           "step": step, "train": train}
+    if phases is not None:
+        out["phases"] = phases
+    return out
+
+
+def _phase_counts(ex, batch) -> dict:
+    """The static path's step split into its phases (same calls as step.explore_step)."""
+    from esamp_sgl import step as st
+    from esamp_sgl.reweight import sample_candidates
+    from esamp_sgl.telemetry import candidate_corr
+
+    ex.trainer.wait()
+    out: dict = {}
+    res: dict = {}
+    f = st.row_filters(batch, ex.config.greedy_min_p)
+    groups = getattr(batch, "groups", None)
+    kw = {"groups": groups} if groups is not None else {}
+    out["predict"] = count(lambda: res.update(h=ex.bank(batch.source, batch.slots, **kw)))
+    out["candidates"] = count(lambda: res.update(c=st.candidates(ex, batch, f)))
+    out["reweight_total"] = count(lambda: res.update(rw=st.reweight(ex, batch)))  # predict..rule
+    rw = res["rw"]
+    out["sample"] = count(lambda: sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy,
+                                                    ex.generator, ex.backend))
+    has = batch.slots >= 0
+
+    def records():
+        ex.stats.record_prediction(batch.slots, has, rw.h_hat, batch.target)
+        ex.gate.update(batch.slots, has, rw.h_hat, batch.target)
+        corr, ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
+        ex.stats.record_candidates(batch.slots, has, rw.applied, rw.cand.truncated, corr, ok)
+    out["telemetry_and_gate"] = count(records)
+    keep = ("ops", "bytes_written", "host_reads")
+    return {k: {m: v[m] for m in keep} for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--paths", nargs="+", default=["cpu", "static"])
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    out = [step_counts(args.rows, args.group_size, args.hidden, args.vocab, path, device=args.device)
+           for path in args.paths]
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

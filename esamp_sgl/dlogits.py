@@ -1,0 +1,72 @@
+"""d = ĥ·W_U[candidates]: by a gather of the candidates' LM-head rows, or by one GEMM ĥ·W_Uᵀ
+followed by a gather of K logits per row, whichever a cost model says is cheaper for the shape.
+
+Cost model (time = bytes / bandwidth + flops / throughput; R rows, K candidates per row, hidden
+H, vocabulary V, e = bytes per LM-head element, 2 for bf16):
+
+    gather: gather K rows of W_U per row (read + write, e each), cast to fp32 (read e, write 4),
+            batched matvec (read 4):                  bytes = R·K·H·(3e + 8),  flops = 2·R·K·H (fp32)
+    gemm:   read W_U once, ĥ in W's dtype, write the R×V logits in W's dtype, gather K per row:
+            bytes = V·H·e + R·H·(4 + 2e) + R·V·e + R·K·(e + 4),  flops = 2·R·V·H (W's dtype)
+
+With bf16 on an H200-class GPU (constants below, derated from the nominal 4.8 TB/s and ~990 TFLOP/s)
+at V = 152k the GEMM wins from K = 234–252 at R = 256 and K = 486–504 at R = 64 (H 3584–896),
+the gather below that (docs/performance.md has the table). On CPU, where candidates are trimmed
+to the step's largest kept count (K ≈ 5 at min-p 0.05), the gather always wins. The choice needs
+only shapes: no host read.
+
+Precision: the gather path computes d in fp32 from the bf16 weights; the GEMM casts ĥ to W's dtype
+and rounds the logits to it (relative error ~2⁻⁸ on d, far below the spread the tilt bound allows).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from esamp_sgl.reweight import distiller_logits
+
+# Effective machine constants for the cost model (not measured on a GPU here; see module docstring).
+MACHINES = {
+    "cuda": {"bandwidth": 4.0e12, "gemm_flops": 6.0e14, "fp32_flops": 5.0e13},
+    "cpu": {"bandwidth": 2.0e10, "gemm_flops": 5.0e10, "fp32_flops": 1.0e11},
+}
+D_METHODS = ("auto", "gather", "gemm")
+
+
+def d_costs(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) -> dict[str, float]:
+    """Modelled seconds of each method (see the module docstring)."""
+    m = MACHINES["cuda" if machine == "cuda" else "cpu"]
+    gather_bytes = rows * k * hidden * (3 * elt + 8)
+    gemm_bytes = vocab * hidden * elt + rows * hidden * (4 + 2 * elt) + rows * vocab * elt + rows * k * (elt + 4)
+    return {
+        "gather": gather_bytes / m["bandwidth"] + 2 * rows * k * hidden / m["fp32_flops"],
+        "gemm": gemm_bytes / m["bandwidth"] + 2 * rows * vocab * hidden / m["gemm_flops"],
+    }
+
+
+def choose_d_method(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) -> str:
+    costs = d_costs(rows, k, hidden, vocab, elt, machine)
+    return "gemm" if costs["gemm"] < costs["gather"] else "gather"
+
+
+def distiller_logits_gemm(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
+    """d via one GEMM over the whole vocabulary, then the candidates' K logits per row. [R, K] fp32."""
+    logits = torch.mm(h_hat.to(lm_head_weight.dtype), lm_head_weight.t())  # [R, V]
+    return logits.gather(1, cand_ids).float()
+
+
+def candidate_distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor,
+                               method: str = "auto", machine: str | None = None) -> Tensor:
+    """d[r, k] = ĥ[r]·W_U[cand_ids[r, k]] ([R, K] fp32) by `method` ('auto': the cost model for
+    `machine`, default the tensors' device type)."""
+    if method not in D_METHODS:
+        raise ValueError(f"d method must be one of {D_METHODS}, got {method!r}")
+    if method == "auto":
+        rows, k = cand_ids.shape
+        vocab, hidden = lm_head_weight.shape
+        method = choose_d_method(rows, k, hidden, vocab, lm_head_weight.element_size(),
+                                 machine or h_hat.device.type)
+    if method == "gemm":
+        return distiller_logits_gemm(h_hat, lm_head_weight, cand_ids)
+    return distiller_logits(h_hat, lm_head_weight, cand_ids)
