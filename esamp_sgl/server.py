@@ -22,7 +22,12 @@ from typing import Any, Iterator, Sequence
 
 import requests
 
-CPU_MEM_FRACTION = 0.05
+# On CPU, SGLang sizes the KV cache from machine-wide free memory measured around the weight load:
+# with 0.05 a server that starts while another process allocates (a second server loading) fails its
+# check "Loaded weights leave no GPU memory for the KV cache". So ask for a safe fraction and cap the
+# KV cache by tokens instead (32768 tokens = 0.75 GB for SmolLM2-135M), as parallel.py does per rank.
+CPU_MEM_FRACTION = 0.2
+CPU_MAX_TOTAL_TOKENS = 32768
 
 
 def cuda_available() -> bool:
@@ -41,12 +46,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 # on a 2-core machine halves the throughput of everything else (a second server, the client, tests).
 def cpu_server_args() -> list[str]:
     return ["--device", "cpu", "--attention-backend", "torch_native", "--mem-fraction-static", str(CPU_MEM_FRACTION),
-            "--sleep-on-idle"]
+            "--max-total-tokens", str(CPU_MAX_TOTAL_TOKENS), "--sleep-on-idle"]
 
 
 def cpu_engine_kwargs() -> dict[str, Any]:
     return {"device": "cpu", "attention_backend": "torch_native", "mem_fraction_static": CPU_MEM_FRACTION,
-            "sleep_on_idle": True}
+            "max_total_tokens": CPU_MAX_TOTAL_TOKENS, "sleep_on_idle": True}
 
 
 def server_env(base: dict[str, str] | None = None, on_cpu: bool | None = None) -> dict[str, str]:
