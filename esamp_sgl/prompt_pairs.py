@@ -7,9 +7,10 @@ forwards. So the pairs a group's warm start needs are captured wherever they are
 by the prompt's token ids, and read when a member of the group is about to sample its first token.
 
 Bounded: only the last `max_positions` positions of a prompt are kept, for the `max_prompts` most
-recently used prompts (least recently used first out). A prompt served from the cache with no
-capture left (evicted, or computed for a request that did not ask for ESamp) warm-starts on the
-positions its own forward computed, which telemetry reports as `warm_start_positions`.
+recently used prompts (least recently used first out). The server makes an ESamp request whose
+prompt has no capture here (evicted, or cached by requests that did not ask for ESamp) recompute
+those positions instead of reading them from the radix cache (runtime_patch/hooks.py:
+recompute_uncaptured_prompt); telemetry reports the count as `warm_start_positions`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class PromptPairs:
 
     def __len__(self) -> int:
         return len(self._prompts)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._prompts
 
     def clear(self) -> None:
         """Forget every prompt (their pairs came from weights the engine no longer has)."""

@@ -19,6 +19,8 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends": "taps + model handles",
     "sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store": "final-norm target",
     "sglang.srt.layers.logits_processor.LogitsProcessor.forward": "every prompt position, for the warm start",
+    "sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len":
+        "an ESamp prompt cached without its warm-start pairs is recomputed",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch": "row metadata",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_filter_batch": "row metadata",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_merge_batch": "row metadata",

@@ -11,7 +11,7 @@ import logging
 
 from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
 from esamp_sgl.explorer import Explorer
-from runtime_patch.rows import ROWS_ATTR, BatchRows, explore_request_of, extend_span, rows_of
+from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
 from runtime_patch.taps import configure_taps, prompt_positions
@@ -125,6 +125,21 @@ def warm_start_on_extend(original, processor, input_ids, hidden_states, lm_head,
             except Exception:  # a warm start must never take the forward down
                 logger.exception("esamp: prefill warm start failed; the group starts from init (gate shut)")
     return original(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs)
+
+
+def recompute_uncaptured_prompt(original, req, input_len, *args, **kwargs):
+    """AROUND Req._compute_max_prefix_len (how much of the prompt the radix cache may serve; SGLang
+    caps it the same way for prompt logprobs). A cached position is never computed again, so an
+    ESamp request whose prompt was cached by requests that did not ask for ESamp would warm-start on
+    nothing and sample stock (gate shut): the outcome would depend on the cache's history. Such a
+    request recomputes its prompt's last `warm_start_max_positions` positions once; after that the
+    prompt's pairs are kept (esamp_sgl/prompt_pairs.py) and later requests use the cache as usual."""
+    limit = original(req, input_len, *args, **kwargs)
+    runtime = STATE.runtime
+    if (runtime is None or limit == 0 or not runtime.config.prefill_warm_start or req.output_ids
+            or not asks_for_esamp(req) or prompt_key_of(req) in runtime.prompt_pairs):
+        return limit
+    return min(limit, max(0, len(req.origin_input_ids) - runtime.config.warm_start_max_positions))
 
 
 # -- request end ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ def _register_hooks() -> None:
         ("sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store",
          taps.append_final_norm_state, around),
         ("sglang.srt.layers.logits_processor.LogitsProcessor.forward", hooks.warm_start_on_extend, around),
+        ("sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len", hooks.recompute_uncaptured_prompt, around),
         ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch",
          hooks.rows_from_schedule_batch, after),
         ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_filter_batch", hooks.rows_filter, after),

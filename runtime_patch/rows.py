@@ -63,15 +63,28 @@ def prompt_key(token_ids: Sequence[int]) -> str:
     return hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
 
 
+def asks_for_esamp(req) -> bool:
+    """The request (the n>1 prefix-warming copy included) has `esamp: true` in its custom_params."""
+    params = req.sampling_params.custom_params
+    return isinstance(params, dict) and params.get("esamp") is True
+
+
+def prompt_key_of(req) -> str:
+    """The request's prompt key, hashed once per request."""
+    key = getattr(req, "_esamp_prompt_key", None)
+    if key is None:
+        key = prompt_key(req.origin_input_ids)
+        req._esamp_prompt_key = key
+    return key
+
+
 def extend_span(req) -> ExtendSpan | None:
     """The span of a request that asked for ESamp (the n>1 prefix-warming copy included: its
     forward computes the prompt its siblings then find in the radix cache)."""
-    params = req.sampling_params.custom_params
-    if not isinstance(params, dict) or params.get("esamp") is not True:
+    if not asks_for_esamp(req):
         return None
-    prompt_len = len(req.origin_input_ids)
     end = req.extend_end
-    return ExtendSpan(prompt_key(req.origin_input_ids), prompt_len, req.prefix_len, end,
+    return ExtendSpan(prompt_key_of(req), len(req.origin_input_ids), req.prefix_len, end,
                       completes_prompt=end >= len(req.full_untruncated_fill_ids))
 
 

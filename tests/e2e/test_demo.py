@@ -32,4 +32,6 @@ def test_demo_json_has_both_arms_with_n_samples_and_metrics(model_path, tmp_path
         assert 0 < metrics["mean_nll"] < 20 and math.isfinite(metrics["mean_nll"])
     assert entry["stock"]["telemetry"] is None
     telemetry = entry["esamp"]["telemetry"]
+    # The ESamp arm sees the whole prompt (not left cached by the stock arm), warm-starts on it, and steers.
+    assert telemetry["warm_start_positions"] > 0 and telemetry["warm_start_steps"] > 0
     assert telemetry["steps_trained"] > 0 and telemetry["tokens_reweighted"] > 0
