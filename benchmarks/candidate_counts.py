@@ -6,8 +6,8 @@
 import json, sys, torch
 torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from esamp_sgl.candidates import candidate_set
-from esamp_sgl.bench.serving import PROMPTS, _chat
+from esamp_sgl.core.candidates import candidate_set
+from esamp_sgl.bench.overhead import PROMPTS, _chat
 mp = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(mp)
 model = AutoModelForCausalLM.from_pretrained(mp, torch_dtype=torch.float32).eval()

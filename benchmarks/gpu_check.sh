@@ -36,7 +36,7 @@ stage core_bench 40 bash -c "$PY -m esamp_sgl.bench.core --device cuda --rows 8 
 stage random_qwen2_0p5b 30 $PY - "$OUT/qwen2-0.5b-random" <<'PY'
 import sys, torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-from esamp_sgl.models import resolve_model_path
+from esamp_sgl.launch.models import resolve_model_path
 tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
 torch.manual_seed(0)
 cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,

@@ -1,6 +1,6 @@
 """esamp-sgl: Exploratory Sampling for SGLang.
 
-This package is imported by a `.pth` hook at every interpreter start (see `esamp_sgl.cpu_compat`),
+This package is imported by a `.pth` hook at every interpreter start (see `runtime_patch.cpu_compat`),
 so it must stay import-light: no torch, no sglang here.
 """
 

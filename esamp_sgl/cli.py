@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
-    from esamp_sgl.models import prepare_model
+    from esamp_sgl.launch.models import prepare_model
 
     path = prepare_model(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
     print(path)
@@ -17,7 +17,7 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_path(args: argparse.Namespace) -> int:
-    from esamp_sgl.models import is_prepared, model_dir
+    from esamp_sgl.launch.models import is_prepared, model_dir
 
     path = model_dir(Path(args.cache_dir) if args.cache_dir else None)
     if not is_prepared(path):
@@ -41,7 +41,7 @@ def _bench_main(name: str):
     """The benchmark modules own their flags (`esamp-sgl bench NAME --help`)."""
     import importlib
 
-    module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.serving",
+    module = {"core": "esamp_sgl.bench.core", "overhead": "esamp_sgl.bench.overhead",
               "soak": "esamp_sgl.bench.soak", "dp": "esamp_sgl.bench.dp", "router": "esamp_sgl.bench.router"}[name]
     return importlib.import_module(module).main
 

@@ -125,8 +125,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     # traceback. The progress bar needs no cross-process lock: a thread lock creates no semaphore.
     tqdm.set_lock(threading.RLock())
 
-    from esamp_sgl.models import resolve_model_path
-    from esamp_sgl.server import open_engine
+    from esamp_sgl.launch.models import resolve_model_path
+    from esamp_sgl.launch.server import open_engine
 
     for name, value, lo, hi in (("--n", args.n, 1, 64), ("--max-tokens", args.max_tokens, 1, 4096)):
         if not lo <= value <= hi:
@@ -139,7 +139,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         k: getattr(args, k) for k in ("n", "max_tokens", "temperature", "min_p", "top_p", "beta", "rule")},
         "prompts": []}
     print(f"starting SGLang (embedded engine, --sampling-backend esamp) on {model_path} ...", file=sys.stderr)
-    from esamp_sgl.models import model_note
+    from esamp_sgl.launch.models import model_note
 
     if model_note(model_path):
         print(model_note(model_path))

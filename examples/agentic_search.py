@@ -14,7 +14,7 @@ from typing import Sequence
 
 from programs.common import Sampling, add_backend_args, backend_from_args
 from programs.tree_search import tree_search, verdict_scorer
-from programs.verifiers import MathAnswerVerifier
+from esamp_sgl.eval.verifiers import MathAnswerVerifier
 
 PROBLEM = ("Anna has 2 apples and buys 3 more. How many apples does she have now? "
            "Think step by step, one short step per line, and end with the number.")

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from programs.best_of_n import best_of_n
 from programs.common import Sampling, add_backend_args, backend_from_args
-from programs.verifiers import MathAnswerVerifier
+from esamp_sgl.eval.verifiers import MathAnswerVerifier
 
 # SmolLM2-135M is weak at arithmetic; this one it gets right in a few of 8 samples.
 PROBLEM = "What is 2 + 3? Answer with the number only."

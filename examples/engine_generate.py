@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_path = args.model_path
     if model_path is None:
-        from esamp_sgl.models import prepare_model
+        from esamp_sgl.launch.models import prepare_model
 
         model_path = str(prepare_model())
     # On CPU: no GPU attention kernels, and a small KV cache (the default would reserve ~15 GB).

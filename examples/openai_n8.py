@@ -46,8 +46,8 @@ def server_url(url: str | None, model: str | None) -> Iterator[str]:
     if url:
         yield url.rstrip("/")
         return
-    from esamp_sgl.models import prepare_model
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.models import prepare_model
+    from esamp_sgl.launch.server import SGLangServer
 
     print("[esamp-sgl] starting an SGLang server with --sampling-backend esamp (--url to use a running one) ...")
     with SGLangServer(model or prepare_model(), sampling_backend="esamp") as server:

@@ -2,13 +2,13 @@
 
 The n candidates are the children of one `s.fork(n)`, so they share one Distiller and each is pushed
 away from what its siblings already wrote. Each candidate is scored by the verifier (any callable
-`answer -> Verdict`, see programs/verifiers.py); the best is the highest score (the first one on ties).
+`answer -> Verdict`, see esamp_sgl/eval/verifiers.py); the best is the highest score (the first one on ties).
 
 Example (Python):
 
     from esamp_sgl.lang import ESampRuntimeEndpoint
     from programs.best_of_n import best_of_n
-    from programs.verifiers import MathAnswerVerifier
+    from esamp_sgl.eval.verifiers import MathAnswerVerifier
 
     result = best_of_n("What is 17 * 23? End with the number.", n=8,
                        verifier=MathAnswerVerifier(391), backend=ESampRuntimeEndpoint("http://127.0.0.1:30000"))
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from esamp_sgl.lang import assistant, function, gen, group_of, report_from_meta_info, system, user
 from programs.common import (Sampling, add_backend_args, add_sampling_args, backend_from_args, positive_int,
                              print_json, raise_child_errors, resolve_backend, sampling_from_args)
-from programs.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict, Verifier
+from esamp_sgl.eval.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict, Verifier
 
 
 @dataclass

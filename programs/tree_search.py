@@ -21,7 +21,7 @@ Example (Python):
 
     from esamp_sgl.lang import ESampRuntimeEndpoint
     from programs.tree_search import tree_search, verdict_scorer
-    from programs.verifiers import MathAnswerVerifier
+    from esamp_sgl.eval.verifiers import MathAnswerVerifier
 
     result = tree_search("Tom has 3 bags of 4 apples. How many apples? Think step by step.",
                          width=3, depth=3, scorer=verdict_scorer(MathAnswerVerifier(12)),
@@ -42,7 +42,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 from esamp_sgl.lang import assistant_begin, function, gen, group_of, report_from_meta_info, user
 from programs.common import (Sampling, add_backend_args, add_sampling_args, backend_from_args, positive_int,
                              print_json, raise_child_errors, resolve_backend, sampling_from_args)
-from programs.verifiers import MathAnswerVerifier, Verdict
+from esamp_sgl.eval.verifiers import MathAnswerVerifier, Verdict
 
 Scorer = Callable[[str], Union[float, Verdict]]
 DistillerScope = Literal["expansion", "depth"]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 
+from runtime_patch.backend import server_explores
+
 
 def dp_rank_for_group(group: str, num_dp_ranks: int) -> int:
     """The DP rank that owns `group`: blake2b of the id, modulo the rank count.
@@ -32,16 +34,6 @@ def dp_rank_for_group(group: str, num_dp_ranks: int) -> int:
         raise ValueError(f"num_dp_ranks must be >= 1, got {num_dp_ranks}")
     digest = hashlib.blake2b(group.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % num_dp_ranks
-
-
-def server_explores() -> bool:
-    """Whether this server samples with the esamp backend (read from SGLang's resolved config,
-    published in the tokenizer process too)."""
-    from sglang.srt.runtime_context import get_exec
-
-    from runtime_patch.plugin import BACKEND
-
-    return get_exec().kernel.sampling_backend == BACKEND
 
 
 def exploring_group_of(tokenized) -> str | None:

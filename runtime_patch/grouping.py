@@ -49,7 +49,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from esamp_sgl.config import ESampConfig, check_group_key
+from esamp_sgl.core.config import ESampConfig, check_group_key
+from runtime_patch.backend import server_explores
 from runtime_patch.rows import prompt_key
 
 PROMPT_GROUP_PREFIX = "prompt-"
@@ -174,8 +175,6 @@ def routing_key_from_header(tokenizer_manager, obj, request=None, *args, **kwarg
 
 def _server_explores() -> bool:
     """explore_all marks requests only on a server that samples with the esamp backend."""
-    from runtime_patch.dp_routing import server_explores
-
     try:
         return server_explores()
     except Exception:  # noqa: BLE001  (SGLang's config not published: not a server process)

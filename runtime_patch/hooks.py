@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
-from esamp_sgl.explorer import Explorer
+from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
@@ -133,7 +133,7 @@ def recompute_uncaptured_prompt(original, req, input_len, *args, **kwargs):
     ESamp request whose prompt was cached by requests that did not ask for ESamp would warm-start on
     nothing and sample stock (gate shut): the outcome would depend on the cache's history. Such a
     request recomputes its prompt's last `warm_start_max_positions` positions once; after that the
-    prompt's pairs are kept (esamp_sgl/prompt_pairs.py) and later requests use the cache as usual."""
+    prompt's pairs are kept (esamp_sgl/core/prompt_pairs.py) and later requests use the cache as usual."""
     limit = original(req, input_len, *args, **kwargs)
     runtime = STATE.runtime
     if (runtime is None or limit == 0 or not runtime.config.prefill_warm_start or req.output_ids

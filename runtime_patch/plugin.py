@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from runtime_patch.backend import BACKEND
+
 logger = logging.getLogger("esamp_sgl.plugin")
 
-BACKEND = "esamp"
 _loaded = False
 
 

@@ -20,7 +20,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Sequence
 
-from esamp_sgl.config import ExploreRequest
+from esamp_sgl.core.config import ExploreRequest
 
 ROWS_ATTR = "_esamp_rows"
 

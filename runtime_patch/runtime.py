@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.plan import RowGroups, plan_arrays, to_device
-from esamp_sgl.prompt_pairs import PromptPairs
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.plan import RowGroups, plan_arrays, to_device
+from esamp_sgl.core.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
 
@@ -50,7 +50,7 @@ class RowPlan:
     train: torch.Tensor  # [R] bool: the row's group trains its Distiller
     rules: str | list[str]  # one name when every row has the same rule
     any_active: bool
-    groups: RowGroups | None = None  # the rows with a slot grouped per slot (esamp_sgl/plan.py)
+    groups: RowGroups | None = None  # the rows with a slot grouped per slot (esamp_sgl/core/plan.py)
 
 
 class ESampRuntime:
@@ -181,7 +181,7 @@ class ESampRuntime:
             train.append(trains)
             rules.append(rule)
         any_active = any(s >= 0 for s in slots)
-        # The rows grouped per slot (esamp_sgl/plan.py), decided here where each row's slot is known,
+        # The rows grouped per slot (esamp_sgl/core/plan.py), decided here where each row's slot is known,
         # and every per-row array in ONE host->device copy from pinned memory (non-blocking on CUDA).
         slots_np = np.asarray(slots, dtype=np.int64)
         train_np = np.asarray(train, dtype=bool)

@@ -4,7 +4,7 @@ Everything SGLang does before sampling (penalties, grammar, logit bias, temperat
 greedy path, logprobs, TP token sync) is the parent class's code, unchanged. Only the final draw is
 replaced: `_sample_from_probs` first runs SGLang's stock draw for every row (the `pytorch` backend on
 CPU, `flashinfer` on CUDA, selected by a scoped config override so it is literally SGLang's code and
-RNG use), then `esamp_sgl.step.explore_step` redraws the rows of live fork groups from their
+RNG use), then `esamp_sgl.core.step.explore_step` redraws the rows of live fork groups from their
 reweighted candidates. Rows without ESamp therefore get bit-identical tokens to the stock backend.
 """
 
@@ -18,7 +18,7 @@ import torch
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec, get_platform
 
-from esamp_sgl.step import StepBatch, explore_step
+from esamp_sgl.core.step import StepBatch, explore_step
 from runtime_patch.rows import rows_of
 from runtime_patch.runtime import ESampRuntime, RowPlan
 

@@ -15,9 +15,8 @@ the final chunk's `meta_info` already carries everything accumulated.
 
 from __future__ import annotations
 
-from esamp_sgl.config import TELEMETRY_KEY, ExploreRequest
-
-BACKEND_FLAG = "--sampling-backend esamp"
+from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest
+from runtime_patch.backend import BACKEND, BACKEND_FLAG
 
 
 # -- tokenizer side: exploring requests need the esamp backend ----------------------------------------
@@ -36,8 +35,6 @@ def require_esamp_backend(result, sampling_params, *args, **kwargs):
     """AFTER SamplingParams.verify (tokenizer process), after `hooks.validate_custom_params`: an
     exploring request sent to a server that samples with another backend is refused with HTTP 400
     (otherwise it would be sampled stock without a word: 200, no telemetry)."""
-    from runtime_patch.plugin import BACKEND
-
     if ExploreRequest.from_custom_params(sampling_params.custom_params) is None:
         return result
     backend = server_sampling_backend()

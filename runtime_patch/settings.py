@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from esamp_sgl.config import ESampConfig
+from esamp_sgl.core.config import ESampConfig
 
 CONFIG_FILE_ENV = "ESAMP_SGL_CONFIG"
 FIELD_ENV_PREFIX = "ESAMP_SGL_"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from esamp_sgl.config import ESampConfig
+from esamp_sgl.core.config import ESampConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from esamp_sgl.models import prepare_model
+from esamp_sgl.launch.models import prepare_model
 
 SERVER_SEED = 1234
 
@@ -70,7 +70,7 @@ def _run_identity_probe(server) -> list[list[int]]:
 
 
 def _server(model_path: Path, backend: str, tmp_path_factory):
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
     log = tmp_path_factory.mktemp("server") / f"sglang-{backend}.log"
     # Small prefill chunks: the warm-start tests see a prompt computed over several forwards.

@@ -29,13 +29,13 @@ from typing import Callable
 
 import torch
 
-from esamp_sgl.candidates import stock_sample
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.candidates import stock_sample
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
 from esamp_sgl.bench.opcount import step_counts
-from esamp_sgl.plan import plan_groups
-from esamp_sgl.step import StepBatch, candidates, explore_step, row_filters
+from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.step import StepBatch, candidates, explore_step, row_filters
 
 GROUP_SIZE = 8
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from esamp_sgl.bench.serving import PROMPTS, _chat
+from esamp_sgl.bench.overhead import PROMPTS, _chat
 
 
 def _post(url: str, text: str, params: dict) -> list[dict]:
@@ -52,8 +52,8 @@ def run_workload(url: str, prompts: int, n: int, max_tokens: int, round_id: str)
 
 
 def bench_size(model_path: str, dp_size: int, args: argparse.Namespace, log_dir: Path) -> dict:
-    from esamp_sgl.parallel import parallel_args, parallel_env
-    from esamp_sgl.server import SGLangServer, cuda_available
+    from esamp_sgl.launch.parallel import parallel_args, parallel_env
+    from esamp_sgl.launch.server import SGLangServer, cuda_available
 
     on_cpu = not cuda_available()
     env = parallel_env(dp_size=dp_size, on_cpu=on_cpu, esamp=True)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory for dp.json and the server logs")
     args = parser.parse_args(argv)
 
-    from esamp_sgl.models import prepare_model
+    from esamp_sgl.launch.models import prepare_model
 
     model_path = args.model_path or str(prepare_model())
     out_dir = Path(args.output)

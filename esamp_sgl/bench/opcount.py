@@ -28,7 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 try:  # the host-side plan; absent in the code before it (the "before" count)
-    from esamp_sgl.plan import plan_groups
+    from esamp_sgl.core.plan import plan_groups
 except ImportError:  # pragma: no cover - only for counting an older checkout
     plan_groups = None
 
@@ -123,9 +123,9 @@ def count(fn: Callable[[], object]) -> dict:
 
 def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank: int,
            device: torch.device, seed: int = 0):
-    from esamp_sgl.config import ESampConfig
-    from esamp_sgl.explorer import Explorer
-    from esamp_sgl.step import StepBatch
+    from esamp_sgl.core.config import ESampConfig
+    from esamp_sgl.core.explorer import Explorer
+    from esamp_sgl.core.step import StepBatch
 
     gen = torch.Generator().manual_seed(seed)
     if device.type == "cuda":  # 152k x 3584: draw it where it lives
@@ -166,7 +166,7 @@ def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: 
                 path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu") -> dict:
     """Counts for one whole ESamp step (explore_step minus the stock draw, which is stock's cost)
     and for its training step alone, after two warm-up steps."""
-    from esamp_sgl.step import explore_step
+    from esamp_sgl.core.step import explore_step
 
     device = torch.device(device)
     ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device)
@@ -194,9 +194,9 @@ def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: 
 
 def _phase_counts(ex, batch) -> dict:
     """The static path's step split into its phases (same calls as step.explore_step)."""
-    from esamp_sgl import step as st
-    from esamp_sgl.reweight import sample_candidates
-    from esamp_sgl.telemetry import candidate_corr
+    from esamp_sgl.core import step as st
+    from esamp_sgl.core.reweight import sample_candidates
+    from esamp_sgl.core.telemetry import candidate_corr
 
     ex.trainer.wait()
     out: dict = {}

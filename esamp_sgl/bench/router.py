@@ -42,7 +42,7 @@ from pathlib import Path
 
 import requests
 
-from esamp_sgl.bench.serving import PROMPTS, _chat
+from esamp_sgl.bench.overhead import PROMPTS, _chat
 
 HOST = "127.0.0.1"
 # PyPI package -> (version scripts/router_demo.sh installs, launcher module). The newest of each when
@@ -76,7 +76,7 @@ def router_env(router_path: str | None) -> dict[str, str]:
 
 class Router:
     def __init__(self, router: str, router_path: str | None, workers: list[str], policy: str, log_dir: Path) -> None:
-        from esamp_sgl.server import free_port
+        from esamp_sgl.launch.server import free_port
 
         self.port, self.policy = free_port(HOST), policy
         self.command = router_command(router, self.port, workers, policy, free_port(HOST))
@@ -224,10 +224,10 @@ def worker_dies(workers, url: str, tokens: int, members: int, tag: str) -> dict:
 
 
 def start_worker(model_path: str, index: int, log_dir: Path, omp_threads: int, explore_all: bool):
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
-    from esamp_sgl.parallel import CPU_MULTI_RANK_MAX_TOKENS, CPU_MULTI_RANK_MEM_FRACTION
-    from esamp_sgl.server import cuda_available
+    from esamp_sgl.launch.parallel import CPU_MULTI_RANK_MAX_TOKENS, CPU_MULTI_RANK_MEM_FRACTION
+    from esamp_sgl.launch.server import cuda_available
 
     # explore_all: for a router that drops custom_params (`esamp: true` would never reach a worker)
     env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "ESAMP_SGL_GROUP_BY": "prompt",
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540, help="skip the phases left after this many seconds")
     args = parser.parse_args(argv)
 
-    from esamp_sgl.models import prepare_model
+    from esamp_sgl.launch.models import prepare_model
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -446,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report = soak(args.url.rstrip("/"), server_pid=args.server_pid, **options)
     else:
-        from esamp_sgl.models import prepare_model
-        from esamp_sgl.server import SGLangServer
+        from esamp_sgl.launch.models import prepare_model
+        from esamp_sgl.launch.server import SGLangServer
 
         env = None
         if args.max_groups is not None:

@@ -10,5 +10,7 @@
 * `analysis` — matched-NLL gains against a stock curve, Pareto frontier, per-arm summaries, the
                pre-registered contrast (strongest baseline family, t and bootstrap intervals)
 * `report`   — JSON, PNG plots and a markdown table
+* `verifiers` — exact-answer math and sandboxed Python-tests verifiers (`sandbox`, `sandbox_harness`);
+               pass@k and the programs score with them
 * `diversity`, `passk` — the two `esamp-sgl eval` commands
 """

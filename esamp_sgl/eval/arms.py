@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from esamp_sgl.config import BETA_MAX, check_choice, check_number
+from esamp_sgl.core.config import BETA_MAX, check_choice, check_number
 
 KINDS = ("stock", "esamp", "frozen", "random", "sharpen", "tat", "presence", "frequency")
 _RULE_OF_KIND = {"random": "random_prior", "sharpen": "sharpen", "tat": "temperature_after_truncation",

@@ -57,13 +57,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: di
 
 @contextlib.contextmanager
 def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-    from esamp_sgl.models import resolve_model_path
+    from esamp_sgl.launch.models import resolve_model_path
 
     model = resolve_model_path(args.model_path)
     if args.url:
         yield args.url, model, {"url": args.url}
         return
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
     server = SGLangServer(model, sampling_backend="esamp")
 
@@ -118,7 +118,7 @@ def diversity_main(argv: list[str]) -> int:
     if args.from_raw:  # re-score and re-analyse a run's generations (raw.json, or a partial journal)
         source = Path(args.from_raw)
         if source.suffix == ".jsonl":
-            from esamp_sgl.models import resolve_model_path
+            from esamp_sgl.launch.models import resolve_model_path
 
             results = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
             model, server_info = resolve_model_path(args.model_path), {"journal": str(source)}
@@ -182,7 +182,7 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
                      report.fmt(s["vendi"], 2), report.fmt(s["cos_dist"]), report.fmt(s["distinct_2"]),
                      report.fmt(s["nll"]), report.fmt(s["rep3"]), report.fmt(s["on_topic"]),
                      report.fmt(s["length"], 1), gain])
-    from esamp_sgl.models import model_note
+    from esamp_sgl.launch.models import model_note
 
     note = model_note(config["model"])
     lines = [f"# Diversity vs quality — {config['model']}", "", *([note, ""] if note else []),
@@ -303,7 +303,7 @@ def passk_main(argv: list[str]) -> int:
     rows = [[name] + [report.fmt(s["pass_at_k"][k]) for k in result["ks"]]
             + [report.fmt(s["distinct_answers"], 2), report.fmt(s["distinct_correct"], 2),
                report.fmt(s["majority_vote_accuracy"])] for name, s in result["summary"].items()]
-    from esamp_sgl.models import model_note
+    from esamp_sgl.launch.models import model_note
 
     note = model_note(config["model"])
     (out / "passk.md").write_text("\n".join([

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import requests
 
-from esamp_sgl.config import TELEMETRY_KEY
+from esamp_sgl.core.config import TELEMETRY_KEY
 
 
 @dataclass

@@ -12,7 +12,7 @@ enough to enumerate, so every number here is an exact expectation:
   E[distinct answers among n] = Σ_a 1 − (1 − p_a)^n, P(1-digit answer); then mean ± s.e. over tasks
   and paired differences vs the stock arm.
 
-The ESamp arms call the server's own code: `esamp_sgl.step.reweight` gives what the server samples
+The ESamp arms call the server's own code: `esamp_sgl.core.step.reweight` gives what the server samples
 from at a node, and the decode steps of a node's ancestors are replayed with the server's per-step
 recipe after sampling (telemetry, the fit gate's held-out update, then training), starting from the
 group's state after its prefill warm start. Approximations (those of
@@ -48,11 +48,11 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from esamp_sgl.candidates import candidate_set
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import RULE_SIGNAL
-from esamp_sgl.step import StepBatch, reweight
+from esamp_sgl.core.candidates import candidate_set
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.reweight import RULE_SIGNAL
+from esamp_sgl.core.step import StepBatch, reweight
 
 STOCK = "stock"
 # Rules whose signal is the sibling samples' tokens: not a function of one branch's path.
@@ -602,7 +602,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"{c['depth']} tokens enumerated (branches below {c['prune']:g} under every arm pruned; the most mass "
         f"pruned for any arm and task: {pruned:.2g}); exact expectations over n = {n} independent draws. "
         "Mean ± s.e. over tasks; Δ = paired per-task difference vs stock. ESamp arms run the server's "
-        "reweighting (esamp_sgl.step.reweight) with each branch's Distiller, optimiser and fit gate replayed "
+        "reweighting (esamp_sgl.core.step.reweight) with each branch's Distiller, optimiser and fit gate replayed "
         "along its own path from the group's state after the prefill warm start. `esamp` = the server "
         "default ESampConfig(); the other fields of an arm are the defaults too. gate = the fit gate "
         "β_eff/β at the first generated token.", "",
@@ -660,7 +660,7 @@ def main(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from esamp_sgl.eval.tasks import arithmetic_tasks
-    from esamp_sgl.models import resolve_model_path
+    from esamp_sgl.launch.models import resolve_model_path
 
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model_path)

@@ -29,7 +29,7 @@ def answer_text(task: dict[str, Any], text: str) -> str:
 
 
 def verifier_for(task: dict[str, Any]):
-    from programs.verifiers import MathAnswerVerifier, PythonTestsVerifier
+    from esamp_sgl.eval.verifiers import MathAnswerVerifier, PythonTestsVerifier
 
     if "answer" not in task:
         return PythonTestsVerifier(task["tests"])
@@ -41,7 +41,7 @@ def _answer_key(task: dict[str, Any], text: str) -> str:
     """What counts as 'the same answer' for distinct-answer counts: the extracted number for math
     tasks, the stripped text for code."""
     if "answer" in task:
-        from programs.verifiers import extract_number
+        from esamp_sgl.eval.verifiers import extract_number
 
         value = extract_number(answer_text(task, text))
         return "none" if value is None else str(value)

@@ -190,7 +190,7 @@ def worked_answer_text(text: str) -> str:
 def extract_worked_answer(text: str) -> Fraction | None:
     """The answer's value: the verifiers' `extract_number` on `worked_answer_text`, so without an
     'Answer:' number it is the text's last number (or its last \\boxed{}); None without any number."""
-    from programs.verifiers import extract_number
+    from esamp_sgl.eval.verifiers import extract_number
 
     return extract_number(worked_answer_text(text))
 

@@ -107,12 +107,12 @@ def open_engine_backend(model_path: str | os.PathLike | None = None, *, chat_tem
     """Start an in-process `sglang.Engine` with `--sampling-backend esamp` (CPU flags on a machine
     without CUDA) and yield its frontend backend; the Engine is shut down on exit.
 
-    model_path defaults to the prepared SmolLM2-135M-Instruct folder (`esamp_sgl.models`).
+    model_path defaults to the prepared SmolLM2-135M-Instruct folder (`esamp_sgl.launch.models`).
     """
-    from esamp_sgl.server import open_engine
+    from esamp_sgl.launch.server import open_engine
 
     if model_path is None:
-        from esamp_sgl.models import prepare_model
+        from esamp_sgl.launch.models import prepare_model
 
         model_path = prepare_model()
     options = {"sampling_backend": "esamp", **engine_kwargs}

@@ -18,7 +18,7 @@ from sglang.lang.api import gen as sgl_gen
 from sglang.lang.choices import ChoicesSamplingMethod
 from sglang.lang.ir import SglExpr, SglGen
 
-from esamp_sgl.config import BETA_MAX, RULE_NAMES
+from esamp_sgl.core.config import BETA_MAX, RULE_NAMES
 from esamp_sgl.lang.groups import check_group_id, group_of
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal, Union
 
-from esamp_sgl.config import GROUP_KEY_MAX_CHARS, check_group_key
+from esamp_sgl.core.config import GROUP_KEY_MAX_CHARS, check_group_key
 
 GROUP_PREFIX = "sgl-"
 ForkGroupRule = Union[Literal["split", "share"], str]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from esamp_sgl.config import TELEMETRY_KEY
+from esamp_sgl.core.config import TELEMETRY_KEY
 
 
 def report_from_meta_info(meta_info: Any) -> dict[str, Any] | None:

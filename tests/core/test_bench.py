@@ -68,7 +68,7 @@ def _fake_sglang(rate_by_port: dict):
 
 
 def test_overhead_bench_with_a_separate_stock_server_and_both_clients():
-    from esamp_sgl.bench.serving import run, summary_line
+    from esamp_sgl.bench.overhead import run, summary_line
 
     seen: dict = {}
     esamp, esamp_url = _fake_sglang(seen)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from esamp_core_refs import assert_same_candidates, ref_keep, ref_scores, softmax_dict
-from esamp_sgl.candidates import candidate_set, stock_keep_mask, stock_sample
-from esamp_sgl.reweight import RULES, distiller_logits, reweighted_logits, sample_candidates
-from esamp_sgl.step import StepBatch, row_filters
+from esamp_sgl.core.candidates import candidate_set, stock_keep_mask, stock_sample
+from esamp_sgl.core.reweight import RULES, distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.step import StepBatch, row_filters
 
 TOP_KS = [0, 1, 5, 40]
 TOP_PS = [1.0, 0.9, 0.5]
@@ -254,7 +254,7 @@ def test_control_and_baseline_rules_follow_their_formulas():
 
 
 def test_distiller_logits_equal_dense_projection_and_chunk():
-    import esamp_sgl.reweight as rw
+    import esamp_sgl.core.reweight as rw
 
     gen = torch.Generator().manual_seed(29)
     h = torch.randn(5, 24, generator=gen)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.groups import GroupTable
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.groups import GroupTable
 
 
 def test_defaults_are_valid_and_documented_values():

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from esamp_sgl.candidates import candidate_set, flashinfer_candidate_set, stock_sample
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.distiller import DistillerBank
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import sample_candidates
-from esamp_sgl.step import StepBatch, explore_step
-from esamp_sgl.telemetry import Telemetry
-from esamp_sgl.trainer import TestTimeTrainer
+from esamp_sgl.core.candidates import candidate_set, flashinfer_candidate_set, stock_sample
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.reweight import sample_candidates
+from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.telemetry import Telemetry
+from esamp_sgl.core.trainer import TestTimeTrainer
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_FLASHINFER = importlib.util.find_spec("flashinfer") is not None

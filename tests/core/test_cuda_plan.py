@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esamp_sgl.candidates import stock_sample
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.plan import plan_groups
-from esamp_sgl.step import StepBatch, explore_step
+from esamp_sgl.core.candidates import stock_sample
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.step import StepBatch, explore_step
 
 pytestmark = [
     pytest.mark.cuda,
@@ -83,7 +83,7 @@ def test_a_planned_step_makes_no_host_sync_and_matches_the_static_path_on_cpu():
 
 
 def test_gemm_d_matches_the_gather_on_cuda():
-    from esamp_sgl.dlogits import candidate_distiller_logits
+    from esamp_sgl.core.dlogits import candidate_distiller_logits
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     w = torch.randn(V, H, device="cuda", generator=gen).to(torch.bfloat16)

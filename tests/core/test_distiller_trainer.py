@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from esamp_core_refs import ref_distill
-from esamp_sgl.distiller import PARAM_NAMES, DistillerBank, distill
-from esamp_sgl.telemetry import Telemetry
-from esamp_sgl.trainer import TestTimeTrainer
+from esamp_sgl.core.distiller import PARAM_NAMES, DistillerBank, distill
+from esamp_sgl.core.telemetry import Telemetry
+from esamp_sgl.core.trainer import TestTimeTrainer
 
 H, R = 16, 4
 

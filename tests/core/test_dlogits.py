@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esamp_sgl.dlogits import candidate_distiller_logits, choose_d_method, d_costs
-from esamp_sgl.reweight import distiller_logits
+from esamp_sgl.core.dlogits import candidate_distiller_logits, choose_d_method, d_costs
+from esamp_sgl.core.reweight import distiller_logits
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

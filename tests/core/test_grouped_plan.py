@@ -8,19 +8,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import esamp_sgl.distiller as distiller_mod
-import esamp_sgl.plan as plan_mod
-import esamp_sgl.step as step_mod
-import esamp_sgl.trainer as trainer_mod
+import esamp_sgl.core.distiller as distiller_mod
+import esamp_sgl.core.plan as plan_mod
+import esamp_sgl.core.step as step_mod
+import esamp_sgl.core.trainer as trainer_mod
 from esamp_core_refs import ref_distill
-from esamp_sgl.candidates import stock_sample
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.distiller import DistillerBank
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.plan import plan_groups, to_device
-from esamp_sgl.step import StepBatch, explore_step
-from esamp_sgl.telemetry import Telemetry
-from esamp_sgl.trainer import TestTimeTrainer
+from esamp_sgl.core.candidates import stock_sample
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.plan import plan_groups, to_device
+from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.telemetry import Telemetry
+from esamp_sgl.core.trainer import TestTimeTrainer
 
 H, V = 16, 300
 
@@ -202,7 +202,7 @@ def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu
 
 
 def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_entry():
-    from esamp_sgl.distiller import distill_padded, split_flat
+    from esamp_sgl.core.distiller import distill_padded, split_flat
 
     bank = DistillerBank(4, H, 4, "cpu", 0)
     tr = TestTimeTrainer(bank, Telemetry(4, H))

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from esamp_core_refs import ref_keep, ref_scores
-from esamp_sgl.candidates import candidate_set, stock_sample
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import distiller_logits, reweighted_logits
-from esamp_sgl.step import StepBatch, explore_step
-from esamp_sgl.telemetry import Telemetry, candidate_corr
+from esamp_sgl.core.candidates import candidate_set, stock_sample
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.reweight import distiller_logits, reweighted_logits
+from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.telemetry import Telemetry, candidate_corr
 
 H, V = 16, 300
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.telemetry import FIELDS, StepMarks, Telemetry
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.telemetry import FIELDS, StepMarks, Telemetry
 
 
 def test_snapshot_reads_all_counters_and_extras_in_one_copy():

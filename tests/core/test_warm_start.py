@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import esamp_sgl.warm_start as ws
-from esamp_sgl.config import ESampConfig
-from esamp_sgl.distiller import DistillerBank
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.warm_start import ffn_linear_map, svd_template
+import esamp_sgl.core.warm_start as ws
+from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.warm_start import ffn_linear_map, svd_template
 
 H = 24
 
@@ -98,7 +98,7 @@ def test_svd_template_residual_is_the_best_rank_r_map(monkeypatch, exact_max):
     w_gate, w_up, w_down = _ffn(6, gen)  # rank(M) <= 6
     m = ffn_linear_map(w_gate, w_up, w_down)
     bank = DistillerBank(2, H, 6, "cpu", 0)
-    bank.load_svd_template(w_gate, w_up, w_down)
+    bank.load_template(svd_template(w_gate, w_up, w_down, bank.rank))
     x = torch.randn(9, H, generator=gen)
     out = bank(x, torch.zeros(9, dtype=torch.int64))
     assert torch.allclose(out, F.layer_norm(x + x @ m, (H,)), atol=1e-4)

@@ -7,8 +7,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from esamp_sgl.parallel import parallel_args, parallel_env
-from esamp_sgl.server import SGLangServer, cuda_available
+from esamp_sgl.launch.parallel import parallel_args, parallel_env
+from esamp_sgl.launch.server import SGLangServer, cuda_available
 
 
 def parallel_server(model_path, tmp_path_factory, *, dp_size: int = 1, tp_size: int = 1) -> Iterator[SGLangServer]:

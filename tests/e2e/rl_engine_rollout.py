@@ -13,8 +13,8 @@ import json
 import os
 import sys
 
-from esamp_sgl.models import prepare_model
-from esamp_sgl.server import open_engine
+from esamp_sgl.launch.models import prepare_model
+from esamp_sgl.launch.server import open_engine
 
 REPEATS = 4
 MAX_TOKENS = 8

@@ -27,7 +27,7 @@ def tiny_model(kind: str, tokenizer_path, out):
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_explore_on_qwen_architectures(kind, model_path, tmp_path):
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
     folder = tiny_model(kind, model_path, tmp_path / kind)
     with SGLangServer(folder, sampling_backend="esamp", log_path=tmp_path / f"{kind}.log") as server:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from esamp_sgl.bench.serving import run
+from esamp_sgl.bench.overhead import run
 
 
 def test_overhead_bench_arms_tokens_latency_and_memory(esamp_server):

@@ -22,7 +22,7 @@ SAMPLE = re.compile(r"^(esamp_[a-z0-9_]+)(?:\{[^}]*\})? (\S+)$")
 
 @pytest.fixture(scope="module")
 def metrics_server(model_path, tmp_path_factory):
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
     log = tmp_path_factory.mktemp("metrics-server") / "sglang.log"
     with SGLangServer(model_path, sampling_backend="esamp", log_path=log,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from esamp_sgl.server import SGLangServer
+from esamp_sgl.launch.server import SGLangServer
 
 pytestmark = pytest.mark.e2e
 

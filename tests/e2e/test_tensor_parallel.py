@@ -1,6 +1,6 @@
 """`--sampling-backend esamp --tp-size 2` on a real SGLang server.
 
-Runs on CPU (two gloo ranks sharing the cores; `esamp_sgl.parallel.parallel_env` supplies what SGLang
+Runs on CPU (two gloo ranks sharing the cores; `esamp_sgl.launch.parallel.parallel_env` supplies what SGLang
 0.5.23 needs there) and on a machine with at least 2 GPUs; skipped with 1 GPU.
 """
 

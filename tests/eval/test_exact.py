@@ -86,9 +86,9 @@ def test_cli_rejects_bad_flags_naming_them(capsys):
 def test_replayed_branch_state_and_probabilities_are_the_servers_explore_step(one_intra_op_thread):
     """The replay of a path's decode steps must leave the Explorer exactly where the server's own
     explore_step leaves it (Distiller, optimiser, fit gate), and reweight the next node the same."""
-    from esamp_sgl.config import ESampConfig
-    from esamp_sgl.explorer import Explorer
-    from esamp_sgl.step import explore_step
+    from esamp_sgl.core.config import ESampConfig
+    from esamp_sgl.core.explorer import Explorer
+    from esamp_sgl.core.step import explore_step
 
     gen = torch.Generator().manual_seed(0)
     hidden, vocab, positions = 16, 40, 6

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from esamp_sgl.cpu_compat import sgl_kernel_standin as standin
+from runtime_patch.cpu_compat import sgl_kernel_standin as standin
 
 
 def reference_assign(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc):

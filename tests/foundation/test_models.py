@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from esamp_sgl.cli import main as cli_main
-from esamp_sgl.models import MARKER, is_prepared, prepare_model, resolve_model_path
+from esamp_sgl.launch.models import MARKER, is_prepared, prepare_model, resolve_model_path
 
 
 def test_prepared_folder_is_complete(model_path):

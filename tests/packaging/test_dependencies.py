@@ -49,11 +49,11 @@ def project() -> dict:
 def test_the_plugin_and_the_cli_import_only_core_dependencies():
     allowed = requirement_names(project()["dependencies"]) | ENVIRONMENT | set(sys.stdlib_module_names)
     # everything the plugin can reach while serving, lazily or not
-    for path in sorted((REPO / "runtime_patch").glob("*.py")):
+    for path in sorted((REPO / "runtime_patch").rglob("*.py")):
         assert imports(path, module_level_only=False) <= allowed, (path.name, imports(path, False) - allowed)
     # the core, the CLI and its helpers, the DSL: at module level (the demo/eval/models import the rest lazily)
-    paths = [*(REPO / "esamp_sgl").glob("*.py"), *(REPO / "esamp_sgl" / "cpu_compat").glob("*.py"),
-             *(REPO / "esamp_sgl" / "lang").glob("*.py"), *(REPO / "esamp_sgl" / "eval").glob("*.py")]
+    paths = [*(REPO / "esamp_sgl").glob("*.py"),
+             *(path for sub in ("core", "launch", "lang", "eval") for path in (REPO / "esamp_sgl" / sub).glob("*.py"))]
     for path in sorted(paths):
         extra = imports(path, module_level_only=True) - allowed
         assert not extra, f"{path.relative_to(REPO)} imports {sorted(extra)} at module level; import lazily"

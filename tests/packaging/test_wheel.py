@@ -55,8 +55,8 @@ def check_wheel_contents(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     version = esamp_sgl.__version__
     assert wheel.name.startswith(f"esamp_sgl-{version}-")
-    # every module of the two packages the plugin runs from, and the stand-in's .pth at the top level
-    for package in ("esamp_sgl", "esamp_sgl/cpu_compat", "runtime_patch"):
+    # every module of the packages the plugin runs from, and the stand-in's .pth at the top level
+    for package in ("esamp_sgl", "esamp_sgl/core", "esamp_sgl/launch", "runtime_patch", "runtime_patch/cpu_compat"):
         for module in (REPO / package).glob("*.py"):
             assert f"{package}/{module.name}" in names, f"{package}/{module.name} missing from the wheel"
     assert {"esamp_sgl/py.typed", "esamp_sgl_cpu_compat.pth"} <= names
@@ -115,7 +115,7 @@ def test_wheel_installs_into_an_existing_sglang_and_serves(tmp_path, model_path)
     assert done.stdout.strip() == f"esamp-sgl {esamp_sgl.__version__}", done.stderr[-2000:]
 
     # SGLang's unmodified CLI from the fresh environment, one exploring request with n = 2
-    from esamp_sgl.server import SGLangServer
+    from esamp_sgl.launch.server import SGLangServer
 
     started = time.monotonic()
     with SGLangServer(model_path, sampling_backend="esamp", python=python, cwd=work, env=env,

@@ -17,7 +17,7 @@ from programs.best_of_n import best_of_n, pick_best
 from programs.common import Sampling
 from programs.fork_join_explore import fork_join_explore
 from programs.tree_search import tree_search
-from programs.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict
+from esamp_sgl.eval.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from programs.sandbox import SandboxLimits, run_python_tests
-from programs.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict, extract_code, extract_number
+from esamp_sgl.eval.sandbox import SandboxLimits, run_python_tests
+from esamp_sgl.eval.verifiers import MathAnswerVerifier, PythonTestsVerifier, Verdict, extract_code, extract_number
 
 FAST = SandboxLimits(wall_seconds=4.0, cpu_seconds=2)
 

@@ -17,7 +17,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esamp_sgl.config import BETA_MAX, GROUP_KEY_MAX_CHARS, RULE_NAMES, ExploreRequest
+from esamp_sgl.core.config import BETA_MAX, GROUP_KEY_MAX_CHARS, RULE_NAMES, ExploreRequest
 from runtime_patch.hooks import _check_custom_params_shape
 from runtime_patch.settings import load_server_config
 
@@ -94,7 +94,7 @@ def test_bad_server_settings_name_the_field_and_range(env, message):
 @pytest.mark.e2e
 def test_a_server_with_an_unknown_source_layer_refuses_to_start_naming_the_field(model_path, tmp_path):
     """The layer index can only be checked against the model: at start-up, before serving anything."""
-    from esamp_sgl.server import SGLangServer, ServerError, server_env
+    from esamp_sgl.launch.server import SGLangServer, ServerError, server_env
 
     env = {**server_env(), "ESAMP_SGL_SOURCE_LAYER": "99"}
     server = SGLangServer(model_path, sampling_backend="esamp", env=env, log_path=tmp_path / "server.log",

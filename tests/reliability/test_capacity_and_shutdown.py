@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from esamp_sgl.bench.soak import probe_summary, scheduler_pids
-from esamp_sgl.server import SGLangServer, server_env
+from esamp_sgl.launch.server import SGLangServer, server_env
 
 pytestmark = pytest.mark.e2e
 

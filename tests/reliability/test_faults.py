@@ -13,10 +13,10 @@ import logging
 import pytest
 import torch
 
-from esamp_sgl.candidates import stock_sample
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.step import StepBatch, explore_step
+from esamp_sgl.core.candidates import stock_sample
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.step import StepBatch, explore_step
 from runtime_patch.runtime import ESampRuntime
 
 H, V = 16, 300

@@ -20,11 +20,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules the SGLang server process imports from this project (the plugin and the engine-agnostic core).
-SERVER_SIDE = sorted([*ROOT.glob("runtime_patch/*.py"),
-                      *(ROOT / "esamp_sgl" / f"{name}.py" for name in (
-                          "config", "explorer", "step", "distiller", "groups", "trainer", "candidates",
-                          "reweight", "telemetry", "warm_start", "gate", "prompt_pairs", "plan",
-                          "dlogits"))])
+SERVER_SIDE = sorted([*ROOT.glob("runtime_patch/*.py"), *ROOT.glob("esamp_sgl/core/*.py")])
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "open", "import_module", "load", "loads",
                    "system", "popen", "Popen", "run", "Path", "read_text", "read_bytes"}
 FORBIDDEN_MODULES = {"pickle", "dill", "marshal", "shelve", "subprocess", "cloudpickle"}

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.explorer import Explorer
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.taps import Taps

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from esamp_sgl.config import ESampConfig
+from esamp_sgl.core.config import ESampConfig
 from runtime_patch.dp_routing import dp_rank_for_group
 from runtime_patch.grouping import (PromptGroups, TokenizerGrouping, affinity_key, request_prompt_key,
                                     set_tokenizer_grouping)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.plan import plan_groups
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.plan import plan_groups
 from runtime_patch.rows import BatchRows
 from runtime_patch.runtime import ESampRuntime
 

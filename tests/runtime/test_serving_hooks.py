@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from esamp_sgl.config import TELEMETRY_KEY
+from esamp_sgl.core.config import TELEMETRY_KEY
 
 
 def test_the_hooks_are_registered_on_existing_symbols(sglang_with_plugin):

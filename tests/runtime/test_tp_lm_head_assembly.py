@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from esamp_sgl.server import free_port
+from esamp_sgl.launch.server import free_port
 
 VOCAB, HIDDEN, TP = 1000, 8, 2  # 1000 is not a multiple of 64 x 2: the last shard has padding rows
 

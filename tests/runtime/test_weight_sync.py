@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import torch
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.reweight import distiller_logits
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.reweight import distiller_logits
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.taps import Taps
 

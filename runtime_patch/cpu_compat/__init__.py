@@ -6,12 +6,12 @@ scripts/setup.sh does not install it). SGLang's plugin entry points load too lat
 module imports `sgl_kernel` before `load_plugins()` runs), so the package installs
 `esamp_sgl_cpu_compat.pth` into site-packages. That file calls `install()` at interpreter start-up,
 which puts `SglKernelFinder` first on `sys.meta_path`. The finder does nothing until something imports
-`sgl_kernel`; then it supplies `esamp_sgl.cpu_compat.sgl_kernel_standin` only if both hold:
+`sgl_kernel`; then it supplies `runtime_patch.cpu_compat.sgl_kernel_standin` only if both hold:
 
 * the process serves on CPU: `SGLANG_USE_CPU_ENGINE=1`, the switch SGLang itself reads for its CPU
   engine (`sglang.srt.utils.is_cpu()`), which is also the only mode in which SGLang imports the
   `*_cpu` helpers. (Not "no CUDA device visible": finding that out would initialise CUDA in every
-  process that imports `sgl_kernel`, before SGLang forks.) `esamp_sgl.server` sets it on machines
+  process that imports `sgl_kernel`, before SGLang forks.) `esamp_sgl.launch.server` sets it on machines
   without CUDA.
 * no other finder can locate an `sgl_kernel` package. An installed `sgl_kernel` is always imported
   as is: if it fails (e.g. the CUDA wheel without `libcuda.so.1`), its own error surfaces instead
@@ -31,7 +31,7 @@ import os
 import sys
 import types
 
-STANDIN_MODULE = "esamp_sgl.cpu_compat.sgl_kernel_standin"
+STANDIN_MODULE = "runtime_patch.cpu_compat.sgl_kernel_standin"
 _TARGET = "sgl_kernel"
 CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
 

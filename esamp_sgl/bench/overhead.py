@@ -235,7 +235,7 @@ def run(url: str, prompts: int, n: int, max_tokens: int, rounds: int, temperatur
 
 def stock_backend() -> str:
     """What a stock server uses here: SGLang's default (flashinfer with a GPU, pytorch on CPU)."""
-    from esamp_sgl.server import cuda_available
+    from esamp_sgl.launch.server import cuda_available
 
     return "flashinfer" if cuda_available() else "pytorch"
 
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         url, pid = args.url, None
         stock_url, stock_pid = args.stock_url, None
         if not url or (args.stock_server and not stock_url):
-            from esamp_sgl.models import resolve_model_path
-            from esamp_sgl.server import SGLangServer
+            from esamp_sgl.launch.models import resolve_model_path
+            from esamp_sgl.launch.server import SGLangServer
 
             model = resolve_model_path(args.model_path)
             if not url:

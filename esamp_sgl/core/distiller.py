@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esamp_sgl.plan import RowGroups, plan_from_device
+from esamp_sgl.core.plan import RowGroups, plan_from_device
 
 PARAM_NAMES = ("ag", "b", "c", "ln_w", "ln_b")
 LN_EPS = 1e-5
@@ -194,13 +194,6 @@ class DistillerBank:
             self.template_flat.copy_(self._flatten(new))
             if reset_all:
                 self.reset_slots(torch.arange(self.slots + 1, device=self.device))
-
-    def load_svd_template(self, w_gate: Tensor | None, w_up: Tensor, w_down: Tensor,
-                          reset_all: bool = True) -> None:
-        """SVD warm start from an FFN (see warm_start.svd_template for what it computes)."""
-        from esamp_sgl.warm_start import svd_template
-
-        self.load_template(svd_template(w_gate, w_up, w_down, self.rank), reset_all=reset_all)
 
     def slot_params(self, slot: int) -> dict[str, Tensor]:
         """A copy of one slot's parameters (tests, debugging)."""

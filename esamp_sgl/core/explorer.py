@@ -1,5 +1,5 @@
 """The Explorer owns one model's ESamp state: distiller bank, group table, trainer, telemetry,
-the ESamp RNG and the resolved backends. The per-step recipe is `esamp_sgl.step.explore_step`.
+the ESamp RNG and the resolved backends. The per-step recipe is `esamp_sgl.core.step.explore_step`.
 
 Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
   acquire_group(key) when a request joins (None = bank full → the request is sampled stock),
@@ -17,14 +17,14 @@ import math
 import torch
 from torch import Tensor
 
-from esamp_sgl.config import ESampConfig, ExploreRequest
-from esamp_sgl.distiller import DistillerBank
-from esamp_sgl.gate import FitGate
-from esamp_sgl.groups import GroupTable
-from esamp_sgl.reweight import random_prior_logits
-from esamp_sgl.telemetry import StepMarks, Telemetry
-from esamp_sgl.trainer import TestTimeTrainer
-from esamp_sgl.warm_start import prefill_warm_start
+from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.gate import FitGate
+from esamp_sgl.core.groups import GroupTable
+from esamp_sgl.core.reweight import random_prior_logits
+from esamp_sgl.core.telemetry import StepMarks, Telemetry
+from esamp_sgl.core.trainer import TestTimeTrainer
+from esamp_sgl.core.warm_start import prefill_warm_start, svd_template
 
 # Measured with esamp_sgl.bench.core.compare_train_modes on a quiet 2-core CPU (torch 2 threads,
 # stand-in forward + explore_step, alternating blocks): step ms sync vs thread = 36.3 vs 40.7
@@ -91,7 +91,7 @@ class Explorer:
         # On CPU a host read is free: cut K to the largest candidate count of the step.
         self.trim_candidates = self.device.type != "cuda"
         # d on the candidates: a gather of their LM-head rows or one GEMM, by a cost model on the
-        # step's shapes for this machine (esamp_sgl/dlogits.py); "gather"/"gemm" force one.
+        # step's shapes for this machine (esamp_sgl/core/dlogits.py); "gather"/"gemm" force one.
         self.d_method = "auto"
         self.d_machine = self.device.type
         self.bank_full_count = 0  # acquisitions refused because the bank was full
@@ -210,7 +210,7 @@ class Explorer:
         if len(self.groups):
             raise RuntimeError("load_svd_template must be called before any group is acquired")
         self.trainer.wait()
-        self.bank.load_svd_template(w_gate, w_up, w_down, reset_all=True)
+        self.bank.load_template(svd_template(w_gate, w_up, w_down, self.bank.rank), reset_all=True)
         return True
 
     # -- host reads -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Run untrusted Python (a model's code answer) against tests in a contained subprocess.
 
-`run_python_tests(code, tests)` starts `python -I programs/sandbox_harness.py` in a new session with:
+`run_python_tests(code, tests)` starts `python -I esamp_sgl/eval/sandbox_harness.py` in a new session with:
 
 * resource limits (`SandboxLimits`): CPU seconds, address space, file size (stdout/stderr are files,
   so runaway printing is cut too), open files, processes (RLIMIT_NPROC), no core dumps;

@@ -6,7 +6,7 @@
   `expected` exactly (compared as `fractions.Fraction`, so `0.75 == 3/4`).
 * `PythonTestsVerifier(tests)`: a code answer. Its code is the last fenced ```python block (else
   the last fenced block, else the whole answer); it runs with each test snippet in the sandbox of
-  `programs.sandbox` (resource limits, timeout that kills the process tree, no network). Score =
+  `esamp_sgl.eval.sandbox` (resource limits, timeout that kills the process tree, no network). Score =
   fraction of tests passed; passed = all of them.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence, Union
 
-from programs.sandbox import SandboxLimits, run_python_tests
+from esamp_sgl.eval.sandbox import SandboxLimits, run_python_tests
 
 
 @dataclass(frozen=True)

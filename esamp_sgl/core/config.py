@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 # sampled at T' = (1+β)·T (the cheap baseline ESamp must beat);
 # sharpen = contrastive with d = 0 (isolates the Distiller's contribution); group_presence /
 # group_frequency = a presence/frequency penalty on the tokens the group already generated (the
-# sibling-aware heuristic that needs no Distiller). See esamp_sgl/reweight.py.
+# sibling-aware heuristic that needs no Distiller). See esamp_sgl/core/reweight.py.
 RULE_NAMES = ("contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",
               "group_presence", "group_frequency")
 RuleName = Literal["contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",

@@ -8,13 +8,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from esamp_sgl.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
-from esamp_sgl.dlogits import candidate_distiller_logits
-from esamp_sgl.explorer import Explorer
-from esamp_sgl.plan import RowGroups, plan_from_device
-from esamp_sgl.reweight import (RULE_SIGNAL, reads_distiller, reweighted_logits, sample_candidates,
+from esamp_sgl.core.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
+from esamp_sgl.core.dlogits import candidate_distiller_logits
+from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.plan import RowGroups, plan_from_device
+from esamp_sgl.core.reweight import (RULE_SIGNAL, reads_distiller, reweighted_logits, sample_candidates,
                                 signals_needed)
-from esamp_sgl.telemetry import candidate_corr
+from esamp_sgl.core.telemetry import candidate_corr
 
 
 @dataclass

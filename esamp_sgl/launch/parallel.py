@@ -68,7 +68,7 @@ CPU_MULTI_RANK_MAX_TOKENS = 16384  # SmolLM2: 23 KB of KV per token -> 0.4 GB pe
 
 
 def parallel_args(*, dp_size: int = 1, tp_size: int = 1, on_cpu: bool) -> list[str]:
-    """Flags after `esamp_sgl.server`'s CPU flags (a later flag overrides an earlier one)."""
+    """Flags after `esamp_sgl.launch.server`'s CPU flags (a later flag overrides an earlier one)."""
     memory = (["--mem-fraction-static", str(CPU_MULTI_RANK_MEM_FRACTION),
                "--max-total-tokens", str(CPU_MULTI_RANK_MAX_TOKENS)] if on_cpu and dp_size * tp_size > 1 else [])
     return [*(["--dp-size", str(dp_size)] if dp_size > 1 else []),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from esamp_sgl.reweight import distiller_logits
+from esamp_sgl.core.reweight import distiller_logits
 
 # Effective machine constants for the cost model (not measured on a GPU here; see module docstring).
 MACHINES = {

@@ -1,4 +1,4 @@
-"""Runs inside the sandbox process (`python -I sandbox_harness.py CONFIG`); see programs/sandbox.py.
+"""Runs inside the sandbox process (`python -I sandbox_harness.py CONFIG`); see esamp_sgl/eval/sandbox.py.
 
 Trusted code first, then the candidate: read the config, enter a new network namespace, preload
 common stdlib modules, set resource limits, drop root to the sandbox uid, install an audit hook

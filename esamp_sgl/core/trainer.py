@@ -43,9 +43,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from esamp_sgl.distiller import LN_EPS, DistillerBank, distill_padded, split_flat
-from esamp_sgl.plan import RowGroups, plan_rows
-from esamp_sgl.telemetry import Telemetry
+from esamp_sgl.core.distiller import LN_EPS, DistillerBank, distill_padded, split_flat
+from esamp_sgl.core.plan import RowGroups, plan_rows
+from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

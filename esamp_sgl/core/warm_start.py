@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esamp_sgl.distiller import DistillerInit
-from esamp_sgl.trainer import TestTimeTrainer
+from esamp_sgl.core.distiller import DistillerInit
+from esamp_sgl.core.trainer import TestTimeTrainer
 
 _EXACT_SVD_MAX = 2048  # above this H, a randomised low-rank SVD (svd_lowrank) is used
 

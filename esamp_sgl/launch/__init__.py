@@ -1,0 +1,1 @@
+"""Starting SGLang: the bundled model, a server or Engine, data/tensor-parallel settings."""
