@@ -9,7 +9,7 @@ Which Distiller a step trains and uses (`distillers=`):
 
 * "expansion" (default): one ESamp group per expansion (= per fork call). Siblings share it and
   are pushed apart; cousins (children of different frontier nodes) do not interact. Group id:
-  `<parent lineage>/<fork ordinal>` (esamp_sgl.lang.groups), e.g. `sgl-…/0` at depth 0 and
+  `<parent lineage>/<fork ordinal>` (esamp_sgl.lang.lineage), e.g. `sgl-…/0` at depth 0 and
   `sgl-…/0.2/0` for the expansion of that fork's child 2.
 * "depth": one group per depth, `<root group>/depth<d>`, shared by every expansion of that depth,
   so all steps written at one depth are pushed apart from each other.

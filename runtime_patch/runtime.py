@@ -3,7 +3,7 @@
 Group membership is keyed by request id (never by KV-pool index, which retraction changes). A
 request joins when its first extend batch is built and leaves when it finishes or is aborted; the
 group's bank slot is freed when its last member leaves. A group that finds the bank full is sampled
-stock for its whole life (`bank_full_policy = "stock"`), reported as `status: "bank_full"`.
+stock for its whole life, reported as `status: "bank_full"`.
 """
 
 from __future__ import annotations

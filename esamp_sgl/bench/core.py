@@ -128,51 +128,6 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
             "components_ms": {k: _median(v) for k, v in parts.items()}}
 
 
-def compare_train_modes(rows: int, hidden: int, vocab: int, steps: int = 4,
-                        forward_layers: int = 4, rounds: int = 10) -> dict:
-    """Engine-like loop: a stand-in forward pass (MLP layers on [rows, H]) then explore_step.
-    Background-thread training can only pay off if it overlaps the next forward. Both explorers
-    live side by side and run in short alternating blocks (ABBA order, the trainer drained
-    before each switch, the first step of a block dropped), so that load from other processes
-    hits both modes alike."""
-    gen = torch.Generator().manual_seed(2)
-    mlp = [((torch.randn(hidden, 4 * hidden, generator=gen) * 0.02).to(DEVICE),
-            (torch.randn(4 * hidden, hidden, generator=gen) * 0.02).to(DEVICE)) for _ in range(forward_layers)]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        for w1, w2 in mlp:
-            x = x + torch.nn.functional.silu(x @ w1) @ w2
-        return x
-
-    runs = {}
-    for mode in ("sync", "thread"):
-        ex, slots = _explorer(rows, hidden, vocab, train_mode=mode)
-        runs[mode] = (ex, _workload(rows, hidden, vocab, slots, seed=3))
-    sgen = torch.Generator(device=DEVICE).manual_seed(0)
-    times: dict[str, list[float]] = {"sync": [], "thread": []}
-    fwd: list[float] = []
-    for r in range(rounds):
-        for mode in (("sync", "thread") if r % 2 == 0 else ("thread", "sync")):
-            ex, batch = runs[mode]
-            stock = lambda b=batch: stock_sample(b.probs, b.top_k, b.top_p, b.min_p, sgen)  # noqa: E731
-            for i in range(steps + 1):
-                t0 = time.perf_counter()
-                batch.source = forward(batch.source)
-                t1 = time.perf_counter()
-                explore_step(ex, batch, stock)
-                if i > 0:
-                    times[mode].append((time.perf_counter() - t0) * 1e3)
-                    fwd.append((t1 - t0) * 1e3)
-            ex.trainer.wait()
-    for ex, _ in runs.values():
-        ex.close()
-    res = {"rows": rows, "hidden": hidden, "vocab": vocab, "steps_per_mode": rounds * steps,
-           "sync_step_ms": _median(times["sync"]), "thread_step_ms": _median(times["thread"]),
-           "forward_ms": _median(fwd)}
-    res["faster"] = "thread" if res["thread_step_ms"] < res["sync_step_ms"] else "sync"
-    return res
-
-
 def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: list[int],
                    repeats: int = 7) -> dict:
     cases = []
@@ -240,10 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[576, 3584])
     p.add_argument("--vocab", type=int, nargs="+", default=[49152, 152064])
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--train-modes", action="store_true",
-                   help="also compare sync vs background-thread training in an engine-like loop")
-    p.add_argument("--train-mode-steps", type=int, default=4)
-    p.add_argument("--train-mode-rounds", type=int, default=10)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True,
                    help="ops and bytes per step at the issue's shapes (default on)")
@@ -278,12 +229,6 @@ def main(argv: list[str] | None = None) -> None:
         flush()
     if not args.no_timing:
         result.update(run_core_bench(args.rows, args.hidden, args.vocab, args.repeats))
-        flush()
-    if args.train_modes:
-        result["train_modes"] = [
-            compare_train_modes(r, h, args.vocab[0], args.train_mode_steps,
-                                rounds=args.train_mode_rounds)
-            for h in args.hidden for r in args.rows]
         flush()
     print(json.dumps(result, indent=1))
 

@@ -29,32 +29,26 @@ Defaults and why:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-# contrastive/compensated: the ESamp rules. The others are controls and baselines for the evaluation:
-# random_prior = compensated with d replaced by a fixed random per-token vector of the same bounded
-# spread (a tilt without information); temperature_after_truncation = the survivors of the filters
-# sampled at T' = (1+β)·T (the cheap baseline ESamp must beat);
-# sharpen = contrastive with d = 0 (isolates the Distiller's contribution); group_presence /
-# group_frequency = a presence/frequency penalty on the tokens the group already generated (the
-# sibling-aware heuristic that needs no Distiller). See esamp_sgl/core/reweight.py.
-RULE_NAMES = ("contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",
-              "group_presence", "group_frequency")
-RuleName = Literal["contrastive", "compensated", "random_prior", "temperature_after_truncation", "sharpen",
-                   "group_presence", "group_frequency"]
+# The rule names come from the rule registry (esamp_sgl/core/rules.py: the ESamp rules contrastive and
+# compensated, and the evaluation's controls and baselines); a rule registered there is accepted here.
+from esamp_sgl.core.rules import rule_names
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SOURCE_SITES = ("residual", "first_input_norm")
 TARGET_SITES = ("final_norm", "last_input_norm")
-BANK_FULL_POLICIES = ("stock",)
 BACKENDS = ("auto", "torch", "flashinfer")
-TRAIN_MODES = ("auto", "sync", "thread", "cuda_stream")
+TRAIN_MODES = ("auto", "sync", "cuda_stream")
 # request: a request is its own fork group (its n samples share it); prompt: concurrent exploring requests
 # with identical prompt token ids share one group (runtime_patch/grouping.py). An explicit esamp_group wins.
 GROUP_BY_POLICIES = ("request", "prompt")
 
 BETA_MAX = 10.0
+DEFAULT_RULE = "compensated"
 # Where each exploring request's telemetry appears: meta_info["esamp"] (and OpenAI metadata["esamp"]).
 TELEMETRY_KEY = "esamp"
 GROUP_KEY_MAX_CHARS = 128
@@ -119,41 +113,80 @@ def check_bool(name: str, value: Any, *, allow_str: bool = False) -> bool:
     raise ValueError(f"{name} must be a boolean (true or false), got {_show(value)}")
 
 
-# (kind, bounds) per numeric/bool field; the error names the field as esamp_<field>.
-_FLOATS: dict[str, tuple[float, float, bool]] = {  # name: (lo, hi, lo_open)
-    "beta": (0.0, BETA_MAX, False),
-    "lr": (0.0, 1.0, True),
-    "weight_decay": (0.0, 1.0, False),
-    "greedy_min_p": (0.0, 1.0, True),
-    "warm_start_lr": (0.0, 1.0, True),
-    "tilt_bound": (0.0, 10.0, True),
-    "gate_r2_full": (0.0, 1.0, True),
-    "group_window_s": (0.0, 86_400.0, True),
+@dataclass(frozen=True)
+class FieldRule:
+    """What a field accepts: kind 'float' ([lo, hi], or (lo, hi] with lo_open), 'int' ([lo, hi]),
+    'choice' (one of `choices()`) or 'bool'."""
+
+    kind: Literal["float", "int", "choice", "bool"]
+    lo: float = 0.0
+    hi: float = 0.0
+    lo_open: bool = False
+    choices: Callable[[], tuple[str, ...]] = tuple
+
+    def check(self, name: str, value: Any, *, allow_str: bool = False) -> Any:
+        """The value as its type, or ValueError naming `name` and what is allowed."""
+        if self.kind == "float":
+            return check_number(name, value, self.lo, self.hi, lo_open=self.lo_open, allow_str=allow_str)
+        if self.kind == "int":
+            return check_int(name, value, int(self.lo), int(self.hi), allow_str=allow_str)
+        if self.kind == "choice":
+            return check_choice(name, value, self.choices())
+        return check_bool(name, value, allow_str=allow_str)
+
+
+def _one_of(*allowed: str) -> FieldRule:
+    return FieldRule("choice", choices=lambda: allowed)
+
+
+# The one table of what each ESampConfig field accepts: the config, the per-request options, the DSL's
+# gen() and the core's own constructors all validate through it (errors name the field as esamp_<field>).
+FIELDS: dict[str, FieldRule] = {
+    "beta": FieldRule("float", 0.0, BETA_MAX),
+    "rule": FieldRule("choice", choices=rule_names),
+    "rank": FieldRule("int", 1, 8192),
+    "lr": FieldRule("float", 0.0, 1.0, lo_open=True),
+    "optimizer": _one_of(*OPTIMIZERS),
+    "weight_decay": FieldRule("float", 0.0, 1.0),
+    "train_steps_per_decode": FieldRule("int", 1, 64),
+    "training": FieldRule("bool"),
+    "tilt_bound": FieldRule("float", 0.0, 10.0, lo_open=True),
+    "fit_gate": FieldRule("bool"),
+    "gate_r2_full": FieldRule("float", 0.0, 1.0, lo_open=True),
+    "gate_window": FieldRule("int", 1, 100_000),
+    "source_layer": FieldRule("int", 0, 1023),
+    "source_site": _one_of(*SOURCE_SITES),
+    "target_site": _one_of(*TARGET_SITES),
+    "max_groups": FieldRule("int", 1, 1 << 16),
+    "apply_to_greedy": FieldRule("bool"),
+    "greedy_min_p": FieldRule("float", 0.0, 1.0, lo_open=True),
+    "prefill_warm_start": FieldRule("bool"),
+    "warm_start_steps": FieldRule("int", 1, 10_000),
+    "warm_start_lr": FieldRule("float", 0.0, 1.0, lo_open=True),
+    "warm_start_max_positions": FieldRule("int", 1, 1 << 20),
+    "warm_start_prompts": FieldRule("int", 1, 1 << 16),
+    "svd_warm_start": FieldRule("bool"),
+    "max_candidates": FieldRule("int", 1, 1 << 20),
+    "backend": _one_of(*BACKENDS),
+    "train_mode": _one_of(*TRAIN_MODES),
+    "seed": FieldRule("int", 0, (1 << 63) - 1),
+    "group_by": _one_of(*GROUP_BY_POLICIES),
+    "group_window_s": FieldRule("float", 0.0, 86_400.0, lo_open=True),
+    "group_max_members": FieldRule("int", 1, 1 << 16),
+    "explore_all": FieldRule("bool"),
 }
-_INTS: dict[str, tuple[int, int]] = {
-    "rank": (1, 8192),
-    "train_steps_per_decode": (1, 64),
-    "gate_window": (1, 100_000),
-    "source_layer": (0, 1023),
-    "max_groups": (1, 1 << 16),
-    "warm_start_steps": (1, 10_000),
-    "warm_start_max_positions": (1, 1 << 20),
-    "warm_start_prompts": (1, 1 << 16),
-    "max_candidates": (1, 1 << 20),
-    "seed": (0, (1 << 63) - 1),
-    "group_max_members": (1, 1 << 16),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "rule": RULE_NAMES,
-    "optimizer": OPTIMIZERS,
-    "source_site": SOURCE_SITES,
-    "target_site": TARGET_SITES,
-    "bank_full_policy": BANK_FULL_POLICIES,
-    "backend": BACKENDS,
-    "train_mode": TRAIN_MODES,
-    "group_by": GROUP_BY_POLICIES,
-}
-_BOOLS = ("apply_to_greedy", "training", "fit_gate", "prefill_warm_start", "svd_warm_start", "explore_all")
+
+
+def check_field(field: str, value: Any, *, name: str | None = None, allow_str: bool = False) -> Any:
+    """Validate one ESampConfig field's value; the error names it `name` (default esamp_<field>)."""
+    return FIELDS[field].check(name or f"esamp_{field}", value, allow_str=allow_str)
+
+
+def check_rank(rank: Any, hidden_size: int, why: str = "") -> int:
+    """The Distiller's rank fits the model: an integer in [1, hidden_size] (`why` explains the bound)."""
+    if isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= hidden_size:
+        return rank
+    raise ValueError(f"esamp_rank must be an integer in [1, {hidden_size}]{why}, got {rank}")
 
 
 class ESampConfig(BaseModel):
@@ -163,11 +196,11 @@ class ESampConfig(BaseModel):
 
     # -- the rule --------------------------------------------------------------------------------
     beta: float = 1.0
-    rule: RuleName = "compensated"
+    rule: str = DEFAULT_RULE  # a name in the rule registry (rules.py)
     # -- the distiller and its optimiser ----------------------------------------------------------
     rank: int = 64
     lr: float = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: str = "adam"
     weight_decay: float = 0.0
     train_steps_per_decode: int = 1
     training: bool = True  # False = frozen distiller (predict only; warm starts still apply)
@@ -181,13 +214,12 @@ class ESampConfig(BaseModel):
     gate_window: int = 16
     # -- taps (the engine captures them; the core only receives [rows, H] tensors) ----------------
     source_layer: int = 2  # index of the layer whose *input* residual stream is the source
-    source_site: Literal["residual", "first_input_norm"] = "residual"
-    target_site: Literal["final_norm", "last_input_norm"] = "final_norm"
+    source_site: str = "residual"
+    target_site: str = "final_norm"
     # -- the bank ---------------------------------------------------------------------------------
+    # A group that finds the bank full is sampled by the stock sampler (no ESamp) for its whole life
+    # and is counted in Explorer.bank_full_count; it never evicts a live group.
     max_groups: int = 64
-    # 'stock': a group that finds the bank full is sampled by the stock sampler (no ESamp) for its
-    # whole life and is counted in Explorer.bank_full_count; it never evicts a live group.
-    bank_full_policy: Literal["stock"] = "stock"
     # -- greedy rows ------------------------------------------------------------------------------
     # SGLang turns greedy into top_k=1, so a greedy row's own filter leaves one candidate. With
     # apply_to_greedy the candidate set is {v : p_v >= greedy_min_p * p_max} at T=1 and the token
@@ -208,49 +240,29 @@ class ESampConfig(BaseModel):
     # Static cap K on candidates per row. If more than K tokens survive top-k/top-p/min-p, only
     # the K most likely are candidates (an approximation; rows where it happened are counted).
     max_candidates: int = 1024
-    backend: Literal["auto", "torch", "flashinfer"] = "auto"
-    train_mode: Literal["auto", "sync", "thread", "cuda_stream"] = "auto"
+    backend: str = "auto"
+    train_mode: str = "auto"
     seed: int = 0
     # -- which requests explore, and which share a Distiller (read in the tokenizer process) ---------
     # group_by 'prompt': exploring requests without esamp_group whose prompts have identical token ids
     # share one group while it is open: at most group_window_s seconds after its first member arrived
     # and at most group_max_members samples; then the next such request opens a new group. For clients
     # that send one request per sample (RL rollouts: verl, OpenRLHF; plain OpenAI loops).
-    group_by: Literal["request", "prompt"] = "request"
+    group_by: str = "request"
     group_window_s: float = 30.0
     group_max_members: int = 64
     # Explore every generate request that does not say `"esamp": false` in its custom_params.
     explore_all: bool = False
 
-    @field_validator(*_FLOATS, mode="before")
+    @field_validator(*FIELDS, mode="before")
     @classmethod
-    def _check_float(cls, v: Any, info: Any) -> float:
-        lo, hi, lo_open = _FLOATS[info.field_name]
-        return check_number(f"esamp_{info.field_name}", v, lo, hi, lo_open=lo_open, allow_str=True)
-
-    @field_validator(*_INTS, mode="before")
-    @classmethod
-    def _check_int(cls, v: Any, info: Any) -> int:
-        lo, hi = _INTS[info.field_name]
-        return check_int(f"esamp_{info.field_name}", v, lo, hi, allow_str=True)
-
-    @field_validator(*_CHOICES, mode="before")
-    @classmethod
-    def _check_choice(cls, v: Any, info: Any) -> str:
-        return check_choice(f"esamp_{info.field_name}", v, _CHOICES[info.field_name])
-
-    @field_validator(*_BOOLS, mode="before")
-    @classmethod
-    def _check_bool(cls, v: Any, info: Any) -> bool:
-        return check_bool(f"esamp_{info.field_name}", v, allow_str=True)
+    def _check(cls, v: Any, info: Any) -> Any:
+        return check_field(info.field_name, v, allow_str=True)
 
     def validate_for_model(self, hidden_size: int, num_layers: int | None = None) -> None:
         """Checks that need the model's shape; raises ValueError naming the field."""
         hidden_size = check_int("hidden_size", hidden_size, 1, 1 << 20)
-        if self.rank > hidden_size:
-            raise ValueError(
-                f"esamp_rank must be an integer in [1, {hidden_size}] (the model's hidden size), "
-                f"got {self.rank}")
+        check_rank(self.rank, hidden_size, " (the model's hidden size)")
         if num_layers is not None and self.source_site == "residual":
             num_layers = check_int("num_layers", num_layers, 1, 1 << 16)
             if self.source_layer >= num_layers:
@@ -266,10 +278,15 @@ class ExploreRequest(BaseModel):
 
     beta: float | None = None
     group: str | None = None
-    rule: RuleName | None = None
+    rule: str | None = None  # checked against the rule registry
     train: bool | None = None  # False: the group's Distiller is frozen (the evaluation's control)
 
     KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule", "esamp_train")
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _check_rule(cls, v: Any) -> str | None:
+        return None if v is None else check_field("rule", v)
 
     @classmethod
     def from_custom_params(cls, params: Mapping[str, Any] | None) -> "ExploreRequest | None":
@@ -288,11 +305,11 @@ class ExploreRequest(BaseModel):
         enabled = check_bool("esamp", ours["esamp"]) if "esamp" in ours else False
         beta = group = rule = train = None
         if ours.get("esamp_beta") is not None:
-            beta = check_number("esamp_beta", ours["esamp_beta"], 0.0, BETA_MAX)
+            beta = check_field("beta", ours["esamp_beta"])
         if ours.get("esamp_group") is not None:
             group = check_group_key(ours["esamp_group"])
         if ours.get("esamp_rule") is not None:
-            rule = check_choice("esamp_rule", ours["esamp_rule"], RULE_NAMES)
+            rule = check_field("rule", ours["esamp_rule"])
         if ours.get("esamp_train") is not None:
             train = check_bool("esamp_train", ours["esamp_train"])
         if not enabled:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esamp_sgl.core.config import check_rank
 from esamp_sgl.core.plan import RowGroups, plan_from_device
 
 PARAM_NAMES = ("ag", "b", "c", "ln_w", "ln_b")
@@ -115,8 +116,7 @@ class DistillerBank:
 
     def __init__(self, slots: int, hidden: int, rank: int, device: torch.device | str = "cpu",
                  seed: int = 0, grouped: bool | None = None) -> None:
-        if not 1 <= rank <= hidden:
-            raise ValueError(f"esamp_rank must be an integer in [1, {hidden}], got {rank}")
+        check_rank(rank, hidden)
         self.slots, self.hidden, self.rank = slots, hidden, rank
         self.sink = slots
         self.device = torch.device(device)

@@ -26,12 +26,10 @@ from esamp_sgl.core.telemetry import StepMarks, Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 from esamp_sgl.core.warm_start import prefill_warm_start, svd_template
 
-# Measured with esamp_sgl.bench.core.compare_train_modes on a quiet 2-core CPU (torch 2 threads,
-# stand-in forward + explore_step, alternating blocks): step ms sync vs thread = 36.3 vs 40.7
-# (8 rows, H 576), 247.2 vs 254.0 (64 rows, H 576), 194.5 vs 206.6 (8 rows, H 3584). Inline
-# training wins: the forward already uses both cores, so the thread adds hand-off and copies
-# without real overlap. (Under heavy load from other processes the thread's single-threaded
-# worker sometimes won, by avoiding OpenMP barrier stalls; not the deployment case.)
+# CPU trains inline. A background-thread mode was measured (2-core CPU, torch 2 threads, stand-in
+# forward + explore_step, alternating blocks) slower in every shape: step ms sync vs thread = 36.3 vs
+# 40.7 (8 rows, H 576), 247.2 vs 254.0 (64 rows, H 576), 194.5 vs 206.6 (8 rows, H 3584); the forward
+# already uses both cores, so the thread only added hand-off and copies. It was removed.
 CPU_AUTO_TRAIN_MODE = "sync"
 
 
@@ -141,7 +139,7 @@ class Explorer:
     def acquire_group(self, key: str) -> int | None:
         slot = self.groups.acquire(key)
         if slot is None:
-            self.bank_full_count += 1  # bank_full_policy 'stock': sampled without ESamp
+            self.bank_full_count += 1  # sampled without ESamp for the group's life (config.max_groups)
         return slot
 
     def release_group(self, key: str) -> int | None:
@@ -245,8 +243,6 @@ class Explorer:
         copy runs on a side stream that waits for the newest completed decode step and that step's
         training (StepMarks), not for what the engine queued after it; only that copy is awaited.
         The read may see some of the queued later steps' updates (each value whole)."""
-        if self.trainer.mode == "thread":
-            self.trainer.wait()  # CPU: join the in-flight step (the counters are plain memory)
         if self.device.type != "cuda":
             return build().tolist()
         main = torch.cuda.current_stream(self.device)

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from esamp_sgl.core.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
+from esamp_sgl.core.config import DEFAULT_RULE
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.plan import RowGroups, plan_from_device
-from esamp_sgl.core.reweight import (RULE_SIGNAL, reads_distiller, reweighted_logits, sample_candidates,
-                                signals_needed)
+from esamp_sgl.core.reweight import reads_distiller, reweighted_logits, sample_candidates
+from esamp_sgl.core.rules import RULE_SIGNAL, signals_needed
 from esamp_sgl.core.telemetry import candidate_corr
 
 
@@ -33,7 +34,7 @@ class StepBatch:
     source: Tensor  # [R, H] shallow tap (any dtype)
     target: Tensor  # [R, H] deep tap (any dtype)
     any_active: bool  # host-side: does any row have a slot? (from request metadata, no sync)
-    rules: str | Sequence[str] = "compensated"  # one rule for the batch or one per row
+    rules: str | Sequence[str] = DEFAULT_RULE  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
     train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
     # The rows with a slot grouped per slot, planned on the host by the engine (plan.py; `.train`:

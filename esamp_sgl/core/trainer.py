@@ -23,8 +23,6 @@ the rows. Without a plan, one is built from a host read of `slots` (free on CPU;
 
 Execution (`mode`):
 * 'sync' — run inline.
-* 'thread' — one background worker (one intra-op thread); the rows are gathered first (a copy,
-  so the engine may reuse its buffers), `wait()` joins the last job.
 * 'cuda_stream' — the step runs on a side stream after an event recorded on the current stream;
   `wait()` makes the current stream wait on the completion event. No host sync anywhere
   (`static_shapes`): the layout comes from the host plan and non-finite losses are handled with
@@ -38,18 +36,17 @@ the telemetry counts it; the other slots in the same step are trained normally.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import torch
 from torch import Tensor
 
+from esamp_sgl.core.config import check_field
 from esamp_sgl.core.distiller import LN_EPS, DistillerBank, distill_padded, split_flat
 from esamp_sgl.core.plan import RowGroups, plan_rows
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-MODES = ("sync", "thread", "cuda_stream")
+MODES = ("sync", "cuda_stream")  # esamp_train_mode once "auto" is resolved (explorer.py)
 
 
 class TestTimeTrainer:
@@ -58,8 +55,7 @@ class TestTimeTrainer:
     def __init__(self, bank: DistillerBank, telemetry: Telemetry, *, optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, steps_per_decode: int = 1,
                  mode: str = "sync", static_shapes: bool | None = None) -> None:
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"esamp_optimizer must be one of 'adam', 'adamw', 'sgd', got {optimizer!r}")
+        check_field("optimizer", optimizer)
         if mode not in MODES:
             raise ValueError(f"esamp_train_mode must be one of {', '.join(map(repr, MODES))}, "
                              f"got {mode!r}")
@@ -87,17 +83,10 @@ class TestTimeTrainer:
                 self.exp_avg_sq = split_flat(self.exp_avg_sq_flat, bank.layout)
                 self.m_rows = self.exp_avg_flat.unbind(0)
                 self.s_rows = self.exp_avg_sq_flat.unbind(0)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
         self._stream = None
         self._done = None
         self._cuda_pending = False
-        if mode == "thread":
-            # One intra-op thread for the worker (OpenMP thread counts are per calling thread):
-            # the engine's own forward keeps its threads instead of being oversubscribed.
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esamp-train",
-                                            initializer=torch.set_num_threads, initargs=(1,))
-        elif mode == "cuda_stream":
+        if mode == "cuda_stream":
             self._stream = torch.cuda.Stream(device=bank.device)
             self._done = torch.cuda.Event()
 
@@ -125,10 +114,6 @@ class TestTimeTrainer:
         if self.mode == "sync":
             self._run(x, y, groups, steps, lr, warm)
             return
-        if self.mode == "thread":
-            assert self._pool is not None
-            self._pending = self._pool.submit(self._run, x, y, groups, steps, lr, warm)
-            return
         main = torch.cuda.current_stream(dev)
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
@@ -140,18 +125,12 @@ class TestTimeTrainer:
 
     def wait(self) -> None:
         """Order everything after this call behind the scheduled training (prediction calls it)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()  # re-raises a failure of the training step
         if self._cuda_pending:
             torch.cuda.current_stream(self.bank.device).wait_event(self._done)
             self._cuda_pending = False
 
     def close(self) -> None:
         self.wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     @torch.no_grad()
     def reset_slots(self, slot_ids: Tensor) -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esamp_sgl.core.config import check_rank
 from esamp_sgl.core.distiller import DistillerInit
 from esamp_sgl.core.trainer import TestTimeTrainer
 
@@ -55,8 +56,7 @@ def svd_template(w_gate: Tensor | None, w_up: Tensor, w_down: Tensor, rank: int)
     """A distiller init whose residual is the rank-r SVD of the FFN's linear part (see above)."""
     m = ffn_linear_map(w_gate, w_up, w_down)
     hidden = m.shape[0]
-    if not 1 <= rank <= hidden:
-        raise ValueError(f"esamp_rank must be an integer in [1, {hidden}], got {rank}")
+    check_rank(rank, hidden)
     if hidden <= _EXACT_SVD_MAX:
         u, sv, vh = torch.linalg.svd(m)
         u, sv, vh = u[:, :rank], sv[:rank], vh[:rank]

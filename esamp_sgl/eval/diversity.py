@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,7 +218,3 @@ def _contrasts(records: list[dict[str, Any]], arms: Sequence[Arm], result: dict[
             diff = analysis.paired_contrast(table[best["esamp"]]["per_prompt"], table[base]["per_prompt"])
             contrasts[f"best ESamp ({best['esamp']}) − best sibling baseline ({base}), Vendi gain vs {family}"] = diff
     return contrasts
-
-
-def print_progress_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

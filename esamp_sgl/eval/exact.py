@@ -51,7 +51,7 @@ from torch import Tensor
 from esamp_sgl.core.candidates import candidate_set
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.reweight import RULE_SIGNAL
+from esamp_sgl.core.rules import RULE_SIGNAL
 from esamp_sgl.core.step import StepBatch, reweight
 
 STOCK = "stock"

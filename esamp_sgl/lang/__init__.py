@@ -13,10 +13,10 @@
 
 `function` is `sgl.function` that also rejects program arguments named like `run()`'s own keywords
 (`n`, `temperature`, `backend`, ...); `gen` is `sgl.gen` plus `explore=` (default True), `beta=`,
-`group=`, `rule=`, `custom_params=` (gen.py); group ids follow the fork tree (groups.py); `ESampRuntimeEndpoint` talks
+`group=`, `rule=`, `custom_params=` (gen.py); group ids follow the fork tree (lineage.py); `ESampRuntimeEndpoint` talks
 to a server started with `--sampling-backend esamp`; `open_engine_backend()` runs an in-process
 `sglang.Engine` instead (engine_backend.py); `explore_report(state, name)` reads a generation's
-ESamp telemetry (telemetry.py).
+ESamp telemetry (reports.py).
 Importing this package applies `runtime_patch.frontend` (a generic custom_params pass-through and
 fork lineage for `sglang.lang`; idempotent).
 """
@@ -43,8 +43,8 @@ from esamp_sgl.lang.endpoint import ESampRuntimeEndpoint  # noqa: E402
 from esamp_sgl.lang.engine_backend import EngineBackend, open_engine_backend  # noqa: E402
 from esamp_sgl.lang.function import function  # noqa: E402
 from esamp_sgl.lang.gen import ExploreParams, gen  # noqa: E402
-from esamp_sgl.lang.groups import fork, group_of, set_group  # noqa: E402
-from esamp_sgl.lang.telemetry import explore_report, explore_reports, report_from_meta_info  # noqa: E402
+from esamp_sgl.lang.lineage import fork, group_of, set_group  # noqa: E402
+from esamp_sgl.lang.reports import explore_report, explore_reports, report_from_meta_info  # noqa: E402
 
 __all__ = [
     "ESampRuntimeEndpoint", "EngineBackend", "ExploreParams", "assistant", "assistant_begin", "assistant_end",

@@ -5,12 +5,11 @@
 plain `sgl.gen`. Exploring generations carry a `custom_params` resolver that, when the generation executes,
 becomes ``{"esamp": true, "esamp_group": <group>, "esamp_beta": beta, "esamp_rule": rule}`` (unset
 options are left to the server's defaults). The group is the executing state's fork group
-(`esamp_sgl.lang.groups`) unless `group=` names one.
+(`esamp_sgl.lang.lineage`) unless `group=` names one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Union
 
@@ -18,8 +17,8 @@ from sglang.lang.api import gen as sgl_gen
 from sglang.lang.choices import ChoicesSamplingMethod
 from sglang.lang.ir import SglExpr, SglGen
 
-from esamp_sgl.core.config import BETA_MAX, RULE_NAMES
-from esamp_sgl.lang.groups import check_group_id, group_of
+from esamp_sgl.core.config import check_field
+from esamp_sgl.lang.lineage import check_group_id, group_of
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -41,13 +40,6 @@ class ExploreParams:
         if self.rule is not None:
             params["esamp_rule"] = self.rule
         return params
-
-
-def _check_beta(beta: Any) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) \
-            or not 0.0 <= beta <= BETA_MAX:
-        raise ValueError(f"gen(beta=...) must be a finite number in [0, {BETA_MAX:g}], got {beta!r}")
-    return float(beta)
 
 
 def _check_custom_params(custom_params: Any) -> dict[str, Any]:
@@ -76,10 +68,9 @@ def explore_params(*, explore: Any, beta: Any, group: Any, rule: Any,
     extra = _check_custom_params(custom_params) if custom_params is not None else {}
     if not explore:
         return extra or None
-    if rule is not None and rule not in RULE_NAMES:
-        raise ValueError(f"gen(rule=...) must be one of {', '.join(map(repr, RULE_NAMES))}, got {rule!r}")
+    rule = check_field("rule", rule, name="gen(rule=...)") if rule is not None else None
     return ExploreParams(
-        beta=_check_beta(beta) if beta is not None else None,
+        beta=float(check_field("beta", beta, name="gen(beta=...)")) if beta is not None else None,
         group=check_group_id("gen(group=...)", group) if group is not None else None,
         rule=rule,
         extra=extra,
@@ -122,7 +113,7 @@ def gen(
     explore: sample this generation with ESamp (default; needs a server/engine with
         `--sampling-backend esamp`). explore=False is exactly `sgl.gen`.
     beta: exploration strength in [0, 10] (default: the server's).
-    group: an explicit ESamp group id (default: the executing state's fork group, see groups.py).
+    group: an explicit ESamp group id (default: the executing state's fork group, see lineage.py).
     rule: "contrastive" or "compensated" (default: the server's).
     custom_params: other plugins' flat custom_params, passed through unchanged.
 

@@ -10,7 +10,8 @@ import torch
 
 from esamp_core_refs import assert_same_candidates, ref_keep, ref_scores, softmax_dict
 from esamp_sgl.core.candidates import candidate_set, stock_keep_mask, stock_sample
-from esamp_sgl.core.reweight import RULES, distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.rules import RULES
 from esamp_sgl.core.step import StepBatch, row_filters
 
 TOP_KS = [0, 1, 5, 40]

@@ -14,7 +14,7 @@ def test_defaults_are_valid_and_documented_values():
     c = ESampConfig()
     assert (c.beta, c.rule, c.rank, c.lr, c.optimizer) == (1.0, "compensated", 64, 1e-3, "adam")
     assert (c.source_layer, c.source_site, c.target_site) == (2, "residual", "final_norm")
-    assert (c.max_groups, c.bank_full_policy, c.apply_to_greedy) == (64, "stock", False)
+    assert (c.max_groups, c.apply_to_greedy) == (64, False)
     assert c.prefill_warm_start and not c.svd_warm_start and c.training
     assert (c.fit_gate, c.tilt_bound) == (True, 1.0)
 
@@ -32,8 +32,8 @@ def test_defaults_are_valid_and_documented_values():
     ("source_site", "embed", r"esamp_source_site must be one of 'residual', 'first_input_norm'"),
     ("target_site", "logits", r"esamp_target_site must be one of 'final_norm', 'last_input_norm'"),
     ("backend", "triton", r"esamp_backend must be one of 'auto', 'torch', 'flashinfer'"),
-    ("train_mode", "async", r"esamp_train_mode must be one of 'auto', 'sync', 'thread', 'cuda_stream'"),
-    ("bank_full_policy", "evict", r"esamp_bank_full_policy must be one of 'stock'"),
+    ("train_mode", "async", r"esamp_train_mode must be one of 'auto', 'sync', 'cuda_stream'"),
+    ("train_mode", "thread", r"esamp_train_mode must be one of 'auto', 'sync', 'cuda_stream'"),
     ("train_steps_per_decode", 0, r"esamp_train_steps_per_decode must be an integer in \[1, 64\]"),
     ("max_groups", 0, r"esamp_max_groups must be an integer in \[1, 65536\]"),
     ("max_candidates", 0, r"esamp_max_candidates must be an integer"),

@@ -244,25 +244,6 @@ def test_k_steps_per_decode_step():
     assert float(trainer.step_count[1]) == 6.0
 
 
-def test_thread_mode_equals_sync_mode_and_wait_orders_prediction():
-    sync = _trainer(_bank(), mode="sync")
-    thread = _trainer(_bank(), mode="thread")
-    probe = torch.randn(4, H)
-    slots4 = torch.tensor([0, 1, 2, 1])
-    for step in range(5):
-        x, y, slots, valid = _rows([0, 1, 2, 1, 0], seed=10 + step)
-        # Staleness: the prediction at step t sees exactly the updates through t−1.
-        thread.wait()
-        assert torch.equal(thread.bank(probe, slots4), sync.bank(probe, slots4))
-        sync.schedule(x, y, slots, valid)
-        thread.schedule(x, y, slots, valid)
-        x.fill_(float("nan"))  # the engine may reuse its buffers right away
-    thread.wait()
-    for k in PARAM_NAMES:
-        assert torch.equal(sync.bank.params[k], thread.bank.params[k])
-    thread.close()
-
-
 def test_training_works_inside_inference_mode():
     with torch.inference_mode():
         bank = _bank()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esamp_sgl.lang import assistant, fork, function, gen, group_of, set_group, user
-from esamp_sgl.lang.groups import GROUP_PREFIX, compact_group_id
+from esamp_sgl.lang.lineage import GROUP_PREFIX, compact_group_id
 
 
 def _groups(backend) -> list[str | None]:

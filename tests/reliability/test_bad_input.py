@@ -17,7 +17,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esamp_sgl.core.config import BETA_MAX, GROUP_KEY_MAX_CHARS, RULE_NAMES, ExploreRequest
+from esamp_sgl.core.config import BETA_MAX, GROUP_KEY_MAX_CHARS, ExploreRequest
+from esamp_sgl.core.rules import rule_names
 from runtime_patch.hooks import _check_custom_params_shape
 from runtime_patch.settings import load_server_config
 
@@ -30,7 +31,7 @@ esamp_keys = st.sampled_from(ExploreRequest.KEYS + ("esamp_rank", "esamp_x", "es
 # Values near the validator's edges, mixed with arbitrary JSON.
 edge_values = (st.sampled_from([True, False, "true", 0, 1, -1, 0.0, BETA_MAX, BETA_MAX + 1e-9, 1e308, -0.0, 10 ** 400,
                                 "", "x" * GROUP_KEY_MAX_CHARS, "x" * (GROUP_KEY_MAX_CHARS + 1), "a\x00b",
-                                "\u200b", "../../etc/passwd", *RULE_NAMES])
+                                "\u200b", "../../etc/passwd", *rule_names()])
                | json_values)
 custom_params = (st.dictionaries(esamp_keys | st.text(max_size=12), edge_values, max_size=5)
                  | json_values)
@@ -57,7 +58,7 @@ def test_fuzzed_custom_params_give_a_valid_request_or_a_value_error_naming_the_k
     assert isinstance(params, dict) and params.get("esamp") is True
     assert request.beta is None or (math.isfinite(request.beta) and 0 <= request.beta <= BETA_MAX)
     assert request.group is None or (0 < len(request.group) <= GROUP_KEY_MAX_CHARS and request.group.isprintable())
-    assert request.rule is None or request.rule in RULE_NAMES
+    assert request.rule is None or request.rule in rule_names()
 
 
 @pytest.mark.parametrize("params, message", [
