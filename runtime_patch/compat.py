@@ -1,4 +1,4 @@
-"""The SGLang symbols esamp-sgl touches, checked at plugin load (see the README's touch-point table)."""
+"""The SGLang symbols esamp-sgl touches, checked at plugin load (docs/touch-points.md has one row each)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pkgutil
 
 SUPPORTED_SGLANG = "0.5.23"
 
-# dotted path -> why we need it (the README table lists what breaks if it changes)
+# dotted path -> why we need it (docs/touch-points.md says what breaks if it changes)
 TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.layers.sampler.Sampler._sample_from_probs": "the esamp sampler overrides it",
     "sglang.srt.layers.sampler.Sampler.forward": "the esamp sampler wraps it",
@@ -46,10 +46,14 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.managers.io_struct.GenerateReqInput.routing_key": "a routing key names the group",
 }
 
-# runtime_patch/serving.py: the 400 without the esamp backend, telemetry on every response path
+# The modules that keep their own list: runtime_patch/serving.py (the 400 without the esamp backend,
+# telemetry on every response path), frontend.py (sglang.lang) and the sgl_kernel stand-in.
+from runtime_patch.cpu_compat import TOUCH_POINTS as _STANDIN_TOUCH_POINTS  # noqa: E402
+from runtime_patch.frontend import TOUCH_POINTS as _FRONTEND_TOUCH_POINTS  # noqa: E402
 from runtime_patch.serving import TOUCH_POINTS as _SERVING_TOUCH_POINTS  # noqa: E402
 
-TOUCH_POINTS.update(_SERVING_TOUCH_POINTS)
+for _points in (_SERVING_TOUCH_POINTS, _FRONTEND_TOUCH_POINTS, _STANDIN_TOUCH_POINTS):
+    TOUCH_POINTS.update(_points)
 
 
 class IncompatibleSGLang(RuntimeError):

@@ -115,6 +115,14 @@ def _fork(original: Callable[..., list]) -> Callable[..., list]:
 
 _WRAPPERS = {"to_srt_kwargs": _to_srt_kwargs, "clone": _clone,
              "_resolve_sampling_params": _resolve_sampling_params, "fork": _fork}
+# What apply() wraps, for runtime_patch/compat.py's self-check and docs/touch-points.md.
+TOUCH_POINTS: dict[str, str] = {
+    "sglang.lang.ir.SglSamplingParams.to_srt_kwargs": "frontend: custom_params reach the /generate body",
+    "sglang.lang.ir.SglSamplingParams.clone": "frontend: a cloned generation keeps its custom_params",
+    "sglang.lang.interpreter.StreamExecutor._resolve_sampling_params":
+        "frontend: gen()'s custom_params merged over the program default",
+    "sglang.lang.interpreter.StreamExecutor.fork": "frontend: fork lineage, from which esamp_sgl.lang derives group ids",
+}
 
 
 def is_applied() -> bool:

@@ -6,7 +6,7 @@ Every field is validated by hand so that an error names the field as users spell
 ValueError, so callers can catch ValueError.
 
 Defaults and why:
-* rule = 'compensated', beta = 1.0: chosen from the evaluation in the README (SmolLM2-135M, CPU,
+* rule = 'compensated', beta = 1.0: chosen from the evaluation in docs/results.md (SmolLM2-135M, CPU,
   12 creative prompts x n=8 x 32 tokens x 2 replicates, min-p 0.05, T=1; `esamp-sgl eval diversity`).
   Vendi gain at matched NLL over the stock min-p temperature curve: compensated β=1 +0.74 ± 0.17
   (wins 92 % of prompts), compensated β=3 +0.89 ± 0.15 (100 %), contrastive β=1 +0.84 ± 0.16 (100 %)

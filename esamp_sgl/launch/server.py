@@ -1,7 +1,7 @@
 """Start SGLang the way this machine needs: a server subprocess or the in-process `sglang.Engine`.
 
-On a machine without CUDA the helpers add what SGLang 0.5.23 needs on CPU (measured in
-`shared/reference/sglang-on-cpu.md`): `SGLANG_USE_CPU_ENGINE=1`, `--device cpu`,
+On a machine without CUDA the helpers add what SGLang 0.5.23 needs on CPU (measured on this project's
+CPU machines; docs/install.md has the CPU profile): `SGLANG_USE_CPU_ENGINE=1`, `--device cpu`,
 `--attention-backend torch_native` and a small `--mem-fraction-static` (the default would reserve
 ~15 GB of KV cache). With CUDA, SGLang's own defaults are used. The server always binds to loopback on
 a free port and is always stopped (process group) when the context exits.

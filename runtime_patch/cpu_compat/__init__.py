@@ -32,6 +32,11 @@ import sys
 import types
 
 STANDIN_MODULE = "runtime_patch.cpu_compat.sgl_kernel_standin"
+# The SGLang switch the finder mirrors (cpu_serving): with it SGLang imports `sgl_kernel.*_cpu` ops
+# (e.g. sglang.srt.mem_cache.allocation's assign_req_to_token_pool_cpu), which the stand-in supplies.
+TOUCH_POINTS: dict[str, str] = {
+    "sglang.srt.utils.common.is_cpu": "sgl_kernel stand-in: SGLANG_USE_CPU_ENGINE=1 is SGLang's CPU-engine switch",
+}
 _TARGET = "sgl_kernel"
 CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
 
