@@ -39,21 +39,17 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE")
 
 
-def _chat(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
-                                         add_generation_prompt=True, return_dict=False)
-
-
 def _nll(engine, prompt_ids: list[int], output_ids: list[int]) -> float:
     """Mean negative log-likelihood per token of the sample under the base model (T = 1)."""
     out = engine.generate(input_ids=prompt_ids + output_ids, sampling_params={"max_new_tokens": 0},
                           return_logprob=True, logprob_start_len=len(prompt_ids) - 1)
-    logprobs = [lp for lp, _, _ in out["meta_info"]["input_token_logprobs"] if lp is not None]
-    logprobs = logprobs[-len(output_ids):]
-    return -sum(logprobs) / max(len(logprobs), 1)
+    from esamp_sgl.eval.metrics import mean_output_nll
+
+    return mean_output_nll(out["meta_info"]["input_token_logprobs"], len(output_ids))
 
 
 def _arm(engine, tokenizer, prompt_ids, args, explore: bool) -> dict[str, Any]:
+    from esamp_sgl.core.telemetry import group_report
     from esamp_sgl.eval.metrics import distinct_n
 
     params: dict[str, Any] = {"n": args.n, "max_new_tokens": args.max_tokens, "temperature": args.temperature,
@@ -68,9 +64,7 @@ def _arm(engine, tokenizer, prompt_ids, args, explore: bool) -> dict[str, Any]:
     nlls = [_nll(engine, prompt_ids, o["output_ids"]) for o in outs if o["output_ids"]]
     telemetry = None
     if explore:
-        reports = [o["meta_info"].get("esamp", [None])[0] for o in outs]
-        reports = [r for r in reports if r]
-        telemetry = max(reports, key=lambda r: r.get("predictions", 0)) if reports else None
+        telemetry = group_report(o["meta_info"].get("esamp", [None])[0] for o in outs)
     return {
         "samples": texts,
         "tokens": sum(len(o["output_ids"]) for o in outs),
@@ -117,6 +111,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
+    from esamp_sgl.launch.prompts import chat_prompt_ids
+
     # tqdm's default write lock includes a multiprocessing RLock: a named POSIX semaphore ("/mp-...",
     # since SGLang switches multiprocessing to "spawn") registered with multiprocessing's resource
     # tracker, a child process of this one. `sglang.Engine.shutdown()` kills every child of this
@@ -146,7 +142,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     with open_engine(model_path, sampling_backend="esamp") as engine:
         progress = tqdm(total=2 * len(prompts), desc="sampling", unit="set", file=sys.stderr)
         for prompt in prompts:
-            prompt_ids = _chat(tokenizer, prompt)
+            prompt_ids = chat_prompt_ids(tokenizer, prompt)
             stock = _arm(engine, tokenizer, prompt_ids, args, explore=False)
             progress.update()
             esamp = _arm(engine, tokenizer, prompt_ids, args, explore=True)

@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sglang
     from transformers import AutoTokenizer
 
+    from esamp_sgl.core.telemetry import group_report
+
     model_path = args.model_path
     if model_path is None:
         from esamp_sgl.launch.models import prepare_model
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}] {out['text'].strip()!r}")
     reports = [out["meta_info"]["esamp"][0] for out in outputs]
     print(f"{len(outputs)} samples; ESamp groups: {sorted({t['group'] for t in reports})}")
-    last = max(reports, key=lambda t: t["predictions"])  # the last member to leave saw the most steps
+    last = group_report(reports)  # the last member to leave saw the most steps
     print(f"Distiller: steps_trained={last['steps_trained']} predictions={last['predictions']} "
           f"tokens_reweighted={last['tokens_reweighted']}")
     return 0

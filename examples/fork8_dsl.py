@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from esamp_sgl.core.telemetry import group_report
 from esamp_sgl.lang import assistant, explore_report, function, gen, group_of, user
 from programs.common import add_backend_args, backend_from_args
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, name in enumerate(names):
         print(f"[{i}] {name.strip()!r}")
     print(f"fork group: {groups[0]} (shared by all {len(set(groups)) == 1 and len(groups)} children)")
-    last = max((r for r in reports if r), key=lambda r: r["predictions"], default=None)
+    last = group_report(reports)
     if last:
         print(f"Distiller: steps_trained={last['steps_trained']} predictions={last['predictions']} "
               f"tokens_reweighted={last['tokens_reweighted']} mean_loss={last['mean_loss']}")

@@ -14,6 +14,8 @@ import argparse
 import contextlib
 from typing import Any, Iterator, Sequence
 
+from esamp_sgl.core.telemetry import group_report
+
 QUESTION = "Invent a name for a new board game. Reply with the name only."
 
 
@@ -43,15 +45,14 @@ def chat_with_requests(url: str, n: int, max_tokens: int, beta: float) -> tuple[
 
 @contextlib.contextmanager
 def server_url(url: str | None, model: str | None) -> Iterator[str]:
-    if url:
-        yield url.rstrip("/")
-        return
     from esamp_sgl.launch.models import prepare_model
-    from esamp_sgl.launch.server import SGLangServer
+    from esamp_sgl.launch.server import server_or_url
 
-    print("[esamp-sgl] starting an SGLang server with --sampling-backend esamp (--url to use a running one) ...")
-    with SGLangServer(model or prepare_model(), sampling_backend="esamp") as server:
-        yield server.url
+    def announce(_server: object) -> None:
+        print("[esamp-sgl] starting an SGLang server with --sampling-backend esamp (--url to use a running one) ...")
+
+    with server_or_url(url, lambda: model or prepare_model(), before_start=announce) as (running, _):
+        yield running.rstrip("/")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}] {text.strip()!r}")
     groups = {t["group"] for t in telemetry if t}
     print(f"client: {client}; {len(texts)} choices; ESamp groups: {sorted(groups)}")
-    last = max((t for t in telemetry if t), key=lambda t: t["predictions"], default=None)
+    last = group_report(telemetry)
     if last:
         print(f"Distiller: steps_trained={last['steps_trained']} predictions={last['predictions']} "
               f"tokens_reweighted={last['tokens_reweighted']}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import requests
 
-from esamp_sgl.bench.overhead import PROMPTS, _chat
+from esamp_sgl.bench.overhead import PROMPTS
+from esamp_sgl.launch.prompts import chatml
 
 
 def _post(url: str, text: str, params: dict) -> list[dict]:
@@ -36,7 +37,7 @@ def _post(url: str, text: str, params: dict) -> list[dict]:
 
 
 def run_workload(url: str, prompts: int, n: int, max_tokens: int, round_id: str) -> dict:
-    texts = [_chat(PROMPTS[i % len(PROMPTS)]) for i in range(prompts)]
+    texts = [chatml(PROMPTS[i % len(PROMPTS)]) for i in range(prompts)]
     params = [{"max_new_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0, "min_p": 0.05, "n": n,
                "custom_params": {"esamp": True, "esamp_group": f"bench-{round_id}-{i}"}} for i in range(prompts)]
     started = time.monotonic()

@@ -44,6 +44,9 @@ from pathlib import Path
 
 import requests
 
+from esamp_sgl.bench.memory import rss_bytes
+from esamp_sgl.launch.prompts import chatml
+
 PROMPTS = [
     "Describe a city at night.", "Give advice to a new gardener.", "Write a limerick about a cat.",
     "Explain why the sky is blue.", "Invent a new holiday.", "Describe your ideal breakfast.",
@@ -51,10 +54,6 @@ PROMPTS = [
     "List things to pack for a trip.", "Describe a forest in winter.", "Write a toast for a wedding.",
 ]
 ESAMP_ARMS = ("esamp", "esamp_frozen")
-
-
-def _chat(question: str) -> str:
-    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _post_streamed(url: str, text: str, params: dict) -> tuple[int, list[float]]:
@@ -120,16 +119,10 @@ class PeakMemory:
 
         try:
             root = psutil.Process(self.pid)
-            procs = [root] + root.children(recursive=True)
+            pids = [root.pid] + [p.pid for p in root.children(recursive=True)]
         except psutil.Error:
             return 0.0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total / 2**20
+        return rss_bytes(pids, missing_ok=True) / 2**20
 
     def __enter__(self) -> "PeakMemory":
         if self.pid is not None:
@@ -172,10 +165,10 @@ def run(url: str, prompts: int, n: int, max_tokens: int, rounds: int, temperatur
         server_pid: int | None = None, stock_url: str | None = None, stock_pid: int | None = None,
         client: str = "stream", arms: tuple[str, ...] | list[str] | None = None) -> dict:
     base = {"max_new_tokens": max_tokens, "ignore_eos": True, "temperature": temperature, "min_p": min_p}
-    texts = [_chat(PROMPTS[i % len(PROMPTS)]) for i in range(prompts)]
+    texts = [chatml(PROMPTS[i % len(PROMPTS)]) for i in range(prompts)]
     every = {  # name: (server url, server pid, prompts, sampling params)
         "single": (url, server_pid, [texts[0]], base),
-        "parallel8": (url, server_pid, [_chat(p) for p in PROMPTS[:8]], base),
+        "parallel8": (url, server_pid, [chatml(p) for p in PROMPTS[:8]], base),
         "stock_server": (stock_url, stock_pid, texts, {**base, "n": n}),
         "stock": (url, server_pid, texts, {**base, "n": n}),
         "esamp": (url, server_pid, texts, {**base, "n": n, "custom_params": {"esamp": True}}),
@@ -274,26 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--arms stock_server needs --stock-server or --stock-url")
     workload = dict(prompts=args.prompts, n=args.n, max_tokens=args.max_tokens, rounds=args.rounds,
                     temperature=args.temperature, min_p=args.min_p, client=args.client, arms=args.arms)
+    from esamp_sgl.launch.models import resolve_model_path
+    from esamp_sgl.launch.server import SGLangServer, server_or_url
+
     with contextlib.ExitStack() as stack:
         report_extra: dict = {}
-        url, pid = args.url, None
         stock_url, stock_pid = args.stock_url, None
-        if not url or (args.stock_server and not stock_url):
-            from esamp_sgl.launch.models import resolve_model_path
-            from esamp_sgl.launch.server import SGLangServer
-
+        url, server = stack.enter_context(server_or_url(args.url, lambda: resolve_model_path(args.model_path)))
+        pid = None if server is None else server.process.pid
+        if server is not None:
+            report_extra["server_startup_s"] = server.startup_seconds
+        if args.stock_server and not stock_url:
             model = resolve_model_path(args.model_path)
-            if not url:
-                server = stack.enter_context(SGLangServer(model, sampling_backend="esamp"))
-                url, pid = server.url, server.process.pid
-                report_extra["server_startup_s"] = server.startup_seconds
-            if args.stock_server and not stock_url:
-                backend = args.stock_backend or stock_backend()
-                env = None if args.stock_with_plugin else {**os.environ, "SGLANG_PLUGINS": NO_PLUGIN}
-                stock = stack.enter_context(SGLangServer(model, sampling_backend=backend, env=env))
-                stock_url, stock_pid = stock.url, stock.process.pid
-                report_extra["stock_server"] = {"sampling_backend": backend, "plugin_loaded": args.stock_with_plugin,
-                                                "startup_s": stock.startup_seconds}
+            backend = args.stock_backend or stock_backend()
+            env = None if args.stock_with_plugin else {**os.environ, "SGLANG_PLUGINS": NO_PLUGIN}
+            stock = stack.enter_context(SGLangServer(model, sampling_backend=backend, env=env))
+            stock_url, stock_pid = stock.url, stock.process.pid
+            report_extra["stock_server"] = {"sampling_backend": backend, "plugin_loaded": args.stock_with_plugin,
+                                            "startup_s": stock.startup_seconds}
         report = run(url, **workload, server_pid=pid, stock_url=stock_url, stock_pid=stock_pid)
         report.update(report_extra)
     report["command"] = "esamp-sgl bench overhead " + " ".join(sys.argv[3:] if argv is None else argv)

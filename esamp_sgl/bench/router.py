@@ -42,7 +42,8 @@ from pathlib import Path
 
 import requests
 
-from esamp_sgl.bench.overhead import PROMPTS, _chat
+from esamp_sgl.bench.overhead import PROMPTS
+from esamp_sgl.launch.prompts import chatml
 
 HOST = "127.0.0.1"
 # PyPI package -> (version scripts/router_demo.sh installs, launcher module). The newest of each when
@@ -156,7 +157,7 @@ def summarize(outs: list[dict]) -> dict:
 
 
 def rollout(url: str, repeats: int, tokens: int, tag: str) -> dict:
-    text = _chat(f"Invent a name for a boat. ({tag})")
+    text = chatml(f"Invent a name for a boat. ({tag})")
     return summarize(concurrent([(url, text, params(tokens))] * repeats))
 
 
@@ -165,7 +166,7 @@ def explicit_groups(url: str, groups: int, per_group: int, tokens: int, tag: str
     for g in range(groups):
         group = f"demo-{tag}-{g}"
         for m in range(per_group):  # different prompts: only the header keeps a group together
-            jobs.append((url, _chat(f"{PROMPTS[(g + m) % len(PROMPTS)]} ({tag}-{g}-{m})"), params(tokens, esamp_group=group),
+            jobs.append((url, chatml(f"{PROMPTS[(g + m) % len(PROMPTS)]} ({tag}-{g}-{m})"), params(tokens, esamp_group=group),
                          {ROUTING_KEY_HEADER: group}))
     out = summarize(concurrent(jobs))
     out["groups_on_one_worker"] = sum(
@@ -175,10 +176,10 @@ def explicit_groups(url: str, groups: int, per_group: int, tokens: int, tag: str
 
 
 def throughput(url: str, prompts: int, repeats: int, tokens: int, rounds: int, tag: str) -> dict:
-    post(url, _chat("Warm up."), params(4))
+    post(url, chatml("Warm up."), params(4))
     results = []
     for r in range(rounds):
-        jobs = [(url, _chat(f"{PROMPTS[p % len(PROMPTS)]} ({tag}-{r}-{p})"), params(tokens))
+        jobs = [(url, chatml(f"{PROMPTS[p % len(PROMPTS)]} ({tag}-{r}-{p})"), params(tokens))
                 for p in range(prompts) for _ in range(repeats)]
         started = time.monotonic()
         outs = concurrent(jobs)
@@ -198,7 +199,7 @@ def key_owned_by(url: str, worker: str, tag: str, tries: int = 40) -> str | None
     """A routing key that the router's ring sends to `worker` (probed with 1-token requests)."""
     for i in range(tries):
         key = f"demo-{tag}-{i}"
-        out = post(url, _chat("Hi."), params(1, esamp_group=key), {ROUTING_KEY_HEADER: key})
+        out = post(url, chatml("Hi."), params(1, esamp_group=key), {ROUTING_KEY_HEADER: key})
         if out["ok"] and out["worker"] == worker:
             return key
     return None
@@ -209,7 +210,7 @@ def worker_dies(workers, url: str, tokens: int, members: int, tag: str) -> dict:
     key = key_owned_by(url, victim.name, tag)
     if key is None:
         return {"skipped": f"no probed key mapped to {victim.name}"}
-    text = _chat(f"Tell a long story about a lighthouse. ({tag})")
+    text = chatml(f"Tell a long story about a lighthouse. ({tag})")
     with ThreadPoolExecutor(members) as pool:
         inflight = [pool.submit(post, url, text, params(tokens, esamp_group=key), {ROUTING_KEY_HEADER: key})
                     for _ in range(members)]
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = uuid.uuid4().hex[:6]
         with Router(args.router, args.router_path, urls, "cache_aware", out_dir) as router:
             report["router_command_cache_aware"] = router.command
-            probe = post(router.url, _chat("Hi."), params(1, esamp_group=f"forwarded-{tag}"))
+            probe = post(router.url, chatml("Hi."), params(1, esamp_group=f"forwarded-{tag}"))
             log("0_router_forwards_custom_params", {"sent_esamp_group": f"forwarded-{tag}", "reported": probe})
             log("1_cache_aware_one_prompt", rollout(router.url, args.repeats, args.tokens, f"{tag}-ca"))
             log("1b_cache_aware_second_prompt", rollout(router.url, args.repeats, args.tokens, f"{tag}-ca2"))

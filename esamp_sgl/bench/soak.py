@@ -46,6 +46,9 @@ from typing import Any
 
 import requests
 
+from esamp_sgl.bench.memory import rss_bytes
+from esamp_sgl.launch.prompts import chatml
+
 PROMPTS = [
     "Invent a board game.", "Describe a city at night.", "Give one tip for a new gardener.",
     "Write a two-line poem about rain.", "Name a color and a fruit.", "Suggest a name for a cafe.",
@@ -65,10 +68,6 @@ TELEMETRY_NUMBERS = ("steps_trained", "predictions", "tokens_reweighted", "mean_
                      "r2", "corr_d_z", "nonfinite_resets")
 FAILED_STEP_LOG = "esamp: exploration step failed"
 MIB = 1 << 20
-
-
-def chat(question: str) -> str:
-    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass
@@ -182,7 +181,7 @@ def _is_abort(out: dict[str, Any]) -> bool:
 def run_call(url: str, call: Call, request_timeout: float, rng_seed: int) -> Outcome:
     outcome = Outcome(call.index)
     started = time.monotonic()
-    prompt = chat(PROMPTS[(call.group + rng_seed) % len(PROMPTS)])
+    prompt = chatml(PROMPTS[(call.group + rng_seed) % len(PROMPTS)])
     timer = None
     if call.abort == "abort_request":
         def cancel() -> None:
@@ -262,19 +261,9 @@ def scheduler_pids(server_pid: int) -> list[int]:
     return named or [c.pid for c in children]
 
 
-def rss_bytes(pids: list[int]) -> int:
-    """Sum of VmRSS over `pids`, read from /proc/<pid>/status."""
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 def probe_summary(url: str) -> dict[str, Any]:
     """Server counters as reported by a one-token exploring request after it left its own group."""
-    body = {"text": chat("Hi"), "sampling_params": {
+    body = {"text": chatml("Hi"), "sampling_params": {
         "max_new_tokens": 1, "custom_params": {"esamp": True, "esamp_group": f"soak-probe-{uuid.uuid4().hex}"}}}
     response = requests.post(url + "/generate", json=body, timeout=120)
     response.raise_for_status()
@@ -443,19 +432,19 @@ def main(argv: list[str] | None = None) -> int:
                    explore_fraction=args.explore_fraction, seed=args.seed, time_limit_s=args.time_limit,
                    max_rss_growth_mib=args.max_rss_growth_mib)
     started = time.monotonic()
-    if args.url:
-        report = soak(args.url.rstrip("/"), server_pid=args.server_pid, **options)
-    else:
-        from esamp_sgl.launch.models import prepare_model
-        from esamp_sgl.launch.server import SGLangServer
+    from esamp_sgl.launch.models import prepare_model
+    from esamp_sgl.launch.server import server_or_url
 
-        env = None
-        if args.max_groups is not None:
-            env = {**os.environ, "ESAMP_SGL_MAX_GROUPS": str(args.max_groups)}
-        log = output / "server.log"
-        with SGLangServer(args.model_path or prepare_model(), sampling_backend="esamp", log_path=log,
-                          env=env, extra_args=["--random-seed", str(args.seed)]) as server:
-            report = soak(server.url, server_pid=server.process.pid, server_log=log, **options)
+    env = None
+    if args.max_groups is not None:
+        env = {**os.environ, "ESAMP_SGL_MAX_GROUPS": str(args.max_groups)}
+    log = output / "server.log"
+    with server_or_url(args.url, lambda: args.model_path or prepare_model(), log_path=log, env=env,
+                       extra_args=["--random-seed", str(args.seed)]) as (url, server):
+        if server is None:
+            report = soak(url.rstrip("/"), server_pid=args.server_pid, **options)
+        else:
+            report = soak(url, server_pid=server.process.pid, server_log=log, **options)
             report["server_startup_s"] = round(server.startup_seconds or 0, 1)
     report["wall_s"] = round(time.monotonic() - started, 1)
     (output / "soak.json").write_text(json.dumps(report, indent=2))

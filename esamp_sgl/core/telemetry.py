@@ -4,14 +4,14 @@ All scalar counters of a slot live in one row of `counters` ([slots + 1, F] floa
 is the sink that absorbs rows without a slot; each field is also a column view by its name), plus
 `target_sum` [slots + 1, H]. Each record call is one masked index_add of a [rows, fields] block,
 so recording never syncs, and a snapshot is ONE device→host copy of the slot's row. Two writers
-never touch the same columns: the trainer (possibly on a side stream or thread) writes the
+never touch the same columns: the trainer (possibly on a side stream) writes the
 `train_*` fields; the sampling step writes the others.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -23,6 +23,13 @@ FIELDS = ("train_steps", "train_loss_sum", "train_loss_count", "train_nonfinite"
           "novelty_sum", "novelty_count", "nonfinite_predictions", "sse", "target_sq_sum",
           "reweighted", "truncated", "corr_sum", "corr_count")
 _COL = {name: i for i, name in enumerate(FIELDS)}
+
+
+def group_report(reports: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The group's report among its members' (None: a member that did not explore): the one with the
+    most predictions, i.e. the member that left last and saw the most steps; None if none explored."""
+    present = [r for r in reports if r]
+    return max(present, key=lambda r: r.get("predictions") or 0) if present else None
 
 
 def finite(x: Tensor) -> Tensor:

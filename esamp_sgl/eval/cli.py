@@ -59,24 +59,25 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: di
 def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any]]]:
     from esamp_sgl.launch.models import resolve_model_path
 
+    from esamp_sgl.launch.server import SGLangServer, server_or_url
+
     model = resolve_model_path(args.model_path)
-    if args.url:
-        yield args.url, model, {"url": args.url}
-        return
-    from esamp_sgl.launch.server import SGLangServer
 
-    server = SGLangServer(model, sampling_backend="esamp")
+    def before_start(server: SGLangServer) -> None:
+        def on_sigterm(*_: object) -> None:
+            # The server runs in its own session, so SIGTERM here would orphan it; stopping it also
+            # fails the requests in flight, which lets the worker threads (and this process) finish.
+            server.stop()
+            raise SystemExit(143)
 
-    def on_sigterm(*_: object) -> None:
-        # The server runs in its own session, so SIGTERM here would orphan it; stopping it also
-        # fails the requests in flight, which lets the worker threads (and this process) finish.
-        server.stop()
-        raise SystemExit(143)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        print(f"starting SGLang (--sampling-backend esamp) on {model} ...", file=sys.stderr)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    print(f"starting SGLang (--sampling-backend esamp) on {model} ...", file=sys.stderr)
-    with server:
-        yield server.url, model, {"started_by_eval": True, "startup_s": server.startup_seconds}
+    with server_or_url(args.url, model, before_start=before_start) as (url, server):
+        if server is None:
+            yield url, model, {"url": url}
+        else:
+            yield url, model, {"started_by_eval": True, "startup_s": server.startup_seconds}
 
 
 def _bar(total: int, desc: str):
@@ -107,6 +108,7 @@ def diversity_main(argv: list[str]) -> int:
     from esamp_sgl.eval.client import ServerClient
     from esamp_sgl.eval.embed import SentenceEmbedder
     from esamp_sgl.eval.tasks import load_prompts
+    from esamp_sgl.launch.prompts import chat_prompt_ids
 
     try:
         prompts = load_prompts(args.prompts)[:args.limit]
@@ -130,8 +132,7 @@ def diversity_main(argv: list[str]) -> int:
     else:
         with _server(args) as (url, model, server_info):
             tok = AutoTokenizer.from_pretrained(model)
-            prompt_ids = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
-                                                  add_generation_prompt=True, return_dict=False) for p in prompts]
+            prompt_ids = [chat_prompt_ids(tok, p) for p in prompts]
             total = len(prompts) * len(args.arm_list) * args.replicates
             out.mkdir(parents=True, exist_ok=True)
             journal = out / "generations.jsonl"
@@ -273,6 +274,7 @@ def passk_main(argv: list[str]) -> int:
 
     from esamp_sgl.eval import passk
     from esamp_sgl.eval.client import ServerClient
+    from esamp_sgl.launch.prompts import chat_prompt_ids
 
     stop = [args.stop] if args.stop else (list(defaults.stop) if defaults.stop else None)
     chat = defaults.chat if args.chat is None else args.chat
@@ -281,8 +283,7 @@ def passk_main(argv: list[str]) -> int:
     with _server(args) as (url, model, server_info):
         tok = AutoTokenizer.from_pretrained(model)
         if chat:
-            prompt_ids = [tok.apply_chat_template([{"role": "user", "content": t["prompt"]}], tokenize=True,
-                                                  add_generation_prompt=True, return_dict=False) for t in tasks]
+            prompt_ids = [chat_prompt_ids(tok, t["prompt"]) for t in tasks]
         else:
             prompt_ids = [tok.encode(t["prompt"]) for t in tasks]
         with _bar(len(tasks) * (len(args.arm_list) + 1), "pass@k") as bar:

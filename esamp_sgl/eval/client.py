@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import requests
 
 from esamp_sgl.core.config import TELEMETRY_KEY
+from esamp_sgl.core.telemetry import group_report
+from esamp_sgl.eval.metrics import mean_output_nll
 
 
 @dataclass
@@ -45,9 +47,7 @@ class ServerClient:
         outs = outs if isinstance(outs, list) else [outs]
         samples = [Sample(o["text"], list(o["output_ids"]),
                           (o["meta_info"].get("finish_reason") or {}).get("type")) for o in outs]
-        reports = [(o["meta_info"].get(TELEMETRY_KEY) or [None])[0] for o in outs]
-        reports = [r for r in reports if r]
-        telemetry = max(reports, key=lambda r: r.get("predictions") or 0) if reports else None
+        telemetry = group_report((o["meta_info"].get(TELEMETRY_KEY) or [None])[0] for o in outs)
         return Generation(samples, telemetry)
 
     def nll(self, prompt_ids: Sequence[int], outputs: Sequence[Sequence[int]]) -> list[float]:
@@ -63,7 +63,5 @@ class ServerClient:
         outs = self._post(body)
         outs = outs if isinstance(outs, list) else [outs]
         for i, out in zip(todo, outs):
-            logprobs = [lp for lp, _, _ in out["meta_info"]["input_token_logprobs"] if lp is not None]
-            logprobs = logprobs[-len(outputs[i]):]
-            result[i] = -sum(logprobs) / max(len(logprobs), 1)
+            result[i] = mean_output_nll(out["meta_info"]["input_token_logprobs"], len(outputs[i]))
         return result

@@ -8,6 +8,15 @@ from typing import Sequence
 import numpy as np
 
 
+def mean_output_nll(input_token_logprobs: Sequence[Sequence], output_len: int) -> float:
+    """Mean negative log-likelihood per token of a sample's last `output_len` tokens, from SGLang's
+    `meta_info["input_token_logprobs"]` ((logprob, token id, text) per position; None where a position
+    has no logprob) of a teacher-forced prefill of prompt + sample."""
+    logprobs = [lp for lp, _, _ in input_token_logprobs if lp is not None]
+    logprobs = logprobs[-output_len:]
+    return -sum(logprobs) / max(len(logprobs), 1)
+
+
 def vendi_score(embeddings: np.ndarray) -> float:
     """exp(entropy of the eigenvalues of K/n), K_ij = cos(e_i, e_j): 1 (all alike) … n (orthogonal)."""
     x = np.asarray(embeddings, dtype=np.float64)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import requests
 
@@ -155,6 +155,25 @@ class SGLangServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def server_or_url(url: str | None, model_path: str | os.PathLike | Callable[[], str | os.PathLike], *,
+                  before_start: Callable[[SGLangServer], None] | None = None,
+                  **server_kwargs: Any) -> Iterator[tuple[str, SGLangServer | None]]:
+    """(url, None) for a running server the user named (`--url`), else a fresh
+    `--sampling-backend esamp` server for `model_path` (a path, or a callable that resolves one only when
+    a server must start), stopped on exit: (its url, it). `before_start(server)` runs before it starts
+    (e.g. to announce it, or to stop it on SIGTERM while it starts)."""
+    if url:
+        yield url, None
+        return
+    model = model_path() if callable(model_path) else model_path
+    server = SGLangServer(model, sampling_backend="esamp", **server_kwargs)
+    if before_start is not None:
+        before_start(server)
+    with server:
+        yield server.url, server
 
 
 @contextlib.contextmanager
