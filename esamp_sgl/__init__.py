@@ -1,7 +1,8 @@
 """esamp-sgl: Exploratory Sampling for SGLang.
 
-This package is imported by a `.pth` hook at every interpreter start (see `runtime_patch.cpu_compat`),
-so it must stay import-light: no torch, no sglang here.
+Subpackages, in layers (tests/core/test_layers.py): `core` (torch only), then `runtime_patch` (the
+SGLang plugin, a sibling top-level package), then `launch`, `lang`, `eval`, `bench`, the CLI and the
+demo. Importing a subpackage runs this file first, so it stays import-light: no torch, no sglang here.
 """
 
 # The one version string: pyproject.toml reads it ([tool.hatch.version]); `esamp-sgl --version` prints it.
