@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from esamp_sgl.bench.soak import probe_summary, scheduler_pids
+from esamp_sgl.bench.soak_checks import probe_summary, scheduler_pids
 from esamp_sgl.launch.server import SGLangServer, server_env
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from esamp_sgl.bench.soak import make_plan, soak, summary_line
+from esamp_sgl.bench.soak import soak, summary_line
+from esamp_sgl.bench.soak_plan import make_plan
 
 pytestmark = pytest.mark.e2e
 
