@@ -136,11 +136,14 @@ class TestTimeTrainer:
     def reset_slots(self, slot_ids: Tensor) -> None:
         """Zero the optimiser state of freed slots (call wait() first)."""
         with torch.inference_mode(False):
-            idx = slot_ids.to(device=self.bank.device, dtype=torch.int64).reshape(-1)
-            self.step_count.index_fill_(0, idx, 0.0)
-            for state in (self.exp_avg_flat, self.exp_avg_sq_flat):
-                if state is not None:
-                    state.index_fill_(0, idx, 0.0)
+            self._zero_state(slot_ids.to(device=self.bank.device, dtype=torch.int64).reshape(-1))
+
+    def _zero_state(self, idx: Tensor) -> None:
+        """Fresh optimiser state (moments, step count) for the bank rows `idx`."""
+        for state in (self.exp_avg_flat, self.exp_avg_sq_flat):
+            if state is not None:
+                state.index_fill_(0, idx, 0.0)
+        self.step_count.index_fill_(0, idx, 0.0)
 
     # -- the step -------------------------------------------------------------------------------
     def _run(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
@@ -150,7 +153,9 @@ class TestTimeTrainer:
 
     def _train(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
                warm: bool) -> None:
-        """x, y: [U·n, H] the rows of the plan's padded blocks (any dtype)."""
+        """The recipe. x, y: [U·n, H] the rows of the plan's padded blocks (any dtype), laid out once;
+        per step: loss and gradients of every entry, one fused optimiser step; then reset the entries
+        whose loss was not finite, and record the telemetry."""
         bank = self.bank
         u, n, hidden = groups.size, groups.width, bank.hidden
         x = x.to(torch.float32).view(u, n, hidden)
@@ -173,16 +178,7 @@ class TestTimeTrainer:
         with torch.no_grad():
             if warm:  # the loss after the warm start, for telemetry
                 last_loss = self._entry_loss(x, y, coef, bank.gather(entries))
-            # Non-finite loss: back to the init template with fresh optimiser state. Without a
-            # host read, every entry writes: the bad ones their own slot, the others the sink
-            # (whose content nothing reads).
-            if self.static_shapes or bool(bad.any()):
-                target = torch.where(bad, entries, bank.sink)
-                bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(u, -1))
-                for state in (self.exp_avg_flat, self.exp_avg_sq_flat):
-                    if state is not None:
-                        state.index_fill_(0, target, 0.0)
-                self.step_count.index_fill_(0, target, 0.0)
+            self._reset_nonfinite(entries, bad)
             assert first_loss is not None and counted is not None
             if warm:
                 self.telemetry.record_warm_start(entries, first_loss, last_loss, counted, steps)
@@ -190,6 +186,16 @@ class TestTimeTrainer:
                                             torch.zeros_like(taken), bad)
             else:
                 self.telemetry.record_train(entries, first_loss, counted, taken, bad)
+
+    def _reset_nonfinite(self, entries: Tensor, bad: Tensor) -> None:
+        """Entries whose loss was not finite go back to the init template with fresh optimiser state.
+        Without a host read (static shapes) every entry writes: the bad ones their own slot, the
+        others the sink (whose content nothing reads)."""
+        if self.static_shapes or bool(bad.any()):
+            bank = self.bank
+            target = torch.where(bad, entries, bank.sink)
+            bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(entries.shape[0], -1))
+            self._zero_state(target)
 
     @staticmethod
     def _entry_loss(x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
