@@ -76,7 +76,7 @@ class ESampMetrics:
     def update(self, runtime) -> None:
         """Gauges from the runtime's host-side state (called on join and leave)."""
         groups = runtime.explorer.groups
-        self.groups_active.set(len(groups) + len(runtime.stock_groups))
+        self.groups_active.set(len(groups) + groups.stock_groups)
         self.slots_in_use.set(groups.slots_in_use)
         self.slots_capacity.set(runtime.config.max_groups)
         self.requests_active.set(len(runtime.members))

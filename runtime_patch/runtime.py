@@ -59,7 +59,6 @@ class ESampRuntime:
         self.explorer = explorer
         self.taps = taps
         self.members: dict[str, Member] = {}  # rid -> membership
-        self.stock_groups: dict[str, int] = {}  # group -> members, for groups refused a slot
         self.prompt_pairs = PromptPairs(config.warm_start_prompts, config.warm_start_max_positions)
         self.steps = 0
         self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
@@ -80,13 +79,9 @@ class ESampRuntime:
         if rid in self.members:  # e.g. a retracted request prefilled again
             return
         group = self.group_key(rid, request)
-        slot = None
-        if group not in self.stock_groups:
-            slot = self.explorer.acquire_group(group)
-        if slot is None:
-            self.stock_groups[group] = self.stock_groups.get(group, 0) + 1
-            if self.stock_groups[group] == 1:
-                logger.warning("esamp: bank full (%d groups); group %r is sampled stock", self.config.max_groups, group)
+        slot = self.explorer.join_group(group)
+        if slot is None and self.explorer.groups.stock_members(group) == 1:
+            logger.warning("esamp: bank full (%d groups); group %r is sampled stock", self.config.max_groups, group)
         self.members[rid] = Member(group, slot)
         if self.metrics is not None:
             self.metrics.update(self)
@@ -97,21 +92,15 @@ class ESampRuntime:
         if member is None:
             return None
         telemetry = self.telemetry(member)
-        if member.slot is None:
-            left = self.stock_groups[member.group] - 1
-            if left:
-                self.stock_groups[member.group] = left
-            else:
-                del self.stock_groups[member.group]
-        else:
-            last = self.explorer.release_group(member.group) is not None  # the last member freed the slot
-            if last and self.metrics is not None:
-                self.metrics.group_finished(telemetry)  # the group's final counters
-            if last and telemetry["status"] != "ok":
-                # Once per group; the counters say how often it happened.
-                logger.warning("esamp: group %r had non-finite Distiller output (%d predictions sampled stock, "
-                               "%d resets)", member.group, telemetry.get("nonfinite_predictions", 0),
-                               telemetry.get("nonfinite_resets", 0))
+        # A slot comes back when the last member of a slotted group left (never for a stock group).
+        last = self.explorer.leave_group(member.group, member.slot) is not None
+        if last and self.metrics is not None:
+            self.metrics.group_finished(telemetry)  # the group's final counters
+        if last and telemetry["status"] != "ok":
+            # Once per group; the counters say how often it happened.
+            logger.warning("esamp: group %r had non-finite Distiller output (%d predictions sampled stock, "
+                           "%d resets)", member.group, telemetry.get("nonfinite_predictions", 0),
+                           telemetry.get("nonfinite_resets", 0))
         telemetry["server"] = self.summary()  # after leaving: lets a client see that nothing leaked
         if self.metrics is not None:
             self.metrics.update(self)
@@ -206,7 +195,7 @@ class ESampRuntime:
             "slots_in_use": self.slots_in_use(),
             "capacity": self.config.max_groups,
             "members": len(self.members),
-            "stock_groups": len(self.stock_groups),
+            "stock_groups": self.explorer.groups.stock_groups,
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
             "dp_rank": self.dp_rank,

@@ -218,7 +218,7 @@ class ESampConfig(BaseModel):
     target_site: str = "final_norm"
     # -- the bank ---------------------------------------------------------------------------------
     # A group that finds the bank full is sampled by the stock sampler (no ESamp) for its whole life
-    # and is counted in Explorer.bank_full_count; it never evicts a live group.
+    # and is counted in GroupTable.refusals (Explorer.bank_full_count); it never evicts a live group.
     max_groups: int = 64
     # -- greedy rows ------------------------------------------------------------------------------
     # SGLang turns greedy into top_k=1, so a greedy row's own filter leaves one candidate. With

@@ -92,7 +92,6 @@ class Explorer:
         # step's shapes for this machine (esamp_sgl/core/dlogits.py); "gather"/"gemm" force one.
         self.d_method = "auto"
         self.d_machine = self.device.type
-        self.bank_full_count = 0  # acquisitions refused because the bank was full
         # [max_groups, V] tokens generated per group, for the group_* baseline rules only:
         # allocated when such a rule first runs (39 MB at 64 groups x 152k vocabulary).
         self.group_counts: Tensor | None = None
@@ -136,11 +135,23 @@ class Explorer:
                                      valid.to(self.group_counts.dtype), accumulate=True)
 
     # -- group lifecycle ------------------------------------------------------------------------
+    @property
+    def bank_full_count(self) -> int:
+        """Acquisitions refused because the bank was full (GroupTable.refusals)."""
+        return self.groups.refusals
+
     def acquire_group(self, key: str) -> int | None:
-        slot = self.groups.acquire(key)
+        return self.groups.acquire(key)
+
+    def join_group(self, key: str) -> int | None:
+        """A new member of `key`: its slot, or None when the group is sampled stock (bank full)."""
+        return self.groups.join(key)
+
+    def leave_group(self, key: str, slot: int | None) -> int | None:
+        """A member of `key` left (`slot`: what join_group returned); the slot if it was freed (reset)."""
         if slot is None:
-            self.bank_full_count += 1  # sampled without ESamp for the group's life (config.max_groups)
-        return slot
+            return self.groups.leave(key, None)
+        return self.release_group(key)
 
     def release_group(self, key: str) -> int | None:
         slot = self.groups.release(key)

@@ -1,8 +1,11 @@
-"""Host-side map from fork-group key to bank slot, with member refcounts and a free list.
+"""Host-side group membership: fork-group key -> bank slot, member refcounts, a free list, and the
+groups that found the bank full (sampled stock for their whole life).
 
-Every operation is O(1) and memory never grows past `capacity` slots. Contract: call
-`release(key)` exactly once for every `acquire(key)` that returned a slot (not for the ones that
-returned None): the refcount counts members, and a member that never got a slot is not one.
+Every operation is O(1) and memory never grows past `capacity` slots plus the live stock groups.
+Members come and go through `join(key)` / `leave(key, slot)` (the engine's path: a group refused a
+slot stays stock while it has members, even if a slot frees up meanwhile). The lower-level
+`acquire`/`release` pair handles slotted members only: call `release(key)` exactly once for every
+`acquire(key)` that returned a slot (not for the ones that returned None).
 """
 
 from __future__ import annotations
@@ -18,12 +21,47 @@ class GroupTable:
         self._joined: dict[str, int] = {}  # members that ever joined the group's current slot
         # Stack; slot 0 is handed out first, and the most recently freed slot is reused first.
         self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._stock: dict[str, int] = {}  # group -> members, for groups that found the bank full
+        self.refusals = 0  # acquisitions refused because the bank was full
+
+    def join(self, key: str) -> int | None:
+        """A new member of group `key`: the group's slot, or None when the group is sampled stock
+        (it found the bank full when it arrived, and stays stock while it has members)."""
+        if key in self._stock:
+            self._stock[key] += 1
+            return None
+        slot = self.acquire(key)
+        if slot is None:
+            self._stock[key] = 1
+        return slot
+
+    def leave(self, key: str, slot: int | None) -> int | None:
+        """A member of `key` left (`slot`: what its join returned). Returns the slot when the last
+        member of a slotted group left (the caller must reset it before reuse), else None."""
+        if slot is not None:
+            return self.release(key)
+        left = self._stock[key] - 1
+        if left:
+            self._stock[key] = left
+        else:
+            del self._stock[key]
+        return None
+
+    def stock_members(self, key: str) -> int:
+        """Members of `key` sampled stock because the bank was full (0: not a stock group)."""
+        return self._stock.get(key, 0)
+
+    @property
+    def stock_groups(self) -> int:
+        """Live groups sampled stock because the bank was full."""
+        return len(self._stock)
 
     def acquire(self, key: str) -> int | None:
         """The group's slot (allocating one on first use), or None when the bank is full."""
         slot = self._slot.get(key)
         if slot is None:
             if not self._free:
+                self.refusals += 1
                 return None
             slot = self._free.pop()
             self._slot[key] = slot

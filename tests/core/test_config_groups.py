@@ -128,3 +128,14 @@ def test_group_table_memory_stays_bounded_under_churn():
     assert len(t) == 0 and len(t._free) == 4 and not t._slot and not t._members
     with pytest.raises(ValueError, match="esamp_max_groups"):
         GroupTable(0)
+
+
+def test_group_table_join_leave_keeps_a_refused_group_stock_for_its_life():
+    table = GroupTable(1)
+    assert table.join("a") == 0
+    assert table.join("b") is None and table.refusals == 1 and table.stock_groups == 1
+    assert table.leave("a", 0) == 0  # the slot is free again ...
+    assert table.join("b") is None and table.stock_members("b") == 2  # ... but b stays stock
+    assert table.refusals == 1  # a stock group's later members are not new refusals
+    assert table.leave("b", None) is None and table.leave("b", None) is None
+    assert table.stock_groups == 0 and table.join("b") == 0  # gone, then a fresh group

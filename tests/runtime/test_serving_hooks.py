@@ -67,9 +67,9 @@ def test_metrics_follow_the_runtime_on_the_host(monkeypatch):
     monkeypatch.setattr(prometheus_client, "Gauge", lambda *a, **k: FakeCollector())
     monkeypatch.setattr(prometheus_client, "Counter", lambda *a, **k: FakeCollector())
     metrics = ESampMetrics({"model_name": "m", "dp_rank": "0"})
-    table = type("Groups", (), {"slots_in_use": 2, "__len__": lambda self: 2})()
+    table = type("Groups", (), {"slots_in_use": 2, "stock_groups": 1, "__len__": lambda self: 2})()
     explorer = SimpleNamespace(groups=table, bank_full_count=1)
-    runtime = SimpleNamespace(explorer=explorer, stock_groups={"full": 1}, members={"a": 0, "b": 0, "c": 0},
+    runtime = SimpleNamespace(explorer=explorer, members={"a": 0, "b": 0, "c": 0},
                               config=SimpleNamespace(max_groups=4))
     metrics.update(runtime)
     metrics.update(runtime)  # idempotent: the refusal counter takes deltas
