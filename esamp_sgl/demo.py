@@ -24,6 +24,8 @@ DEFAULT_PROMPTS = (
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from esamp_sgl.core.config import DEFAULT_RULE, FIELDS
+
     parser.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                         help="a user prompt (repeatable); default: two short creative prompts")
     parser.add_argument("--n", type=int, default=6, help="samples per prompt and arm (default 6)")
@@ -31,8 +33,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, both arms (default 1.0)")
     parser.add_argument("--min-p", type=float, default=0.05, help="min-p filter, both arms (default 0.05)")
     parser.add_argument("--top-p", type=float, default=1.0, help="top-p filter, both arms (default 1.0 = off)")
-    parser.add_argument("--beta", type=float, default=1.0, help="ESamp strength β for the ESamp arm (default 1.0)")
-    parser.add_argument("--rule", choices=("contrastive", "compensated"), default="compensated",
+    parser.add_argument("--beta", type=float, default=1.0,
+                        help=f"ESamp strength β for the ESamp arm, {FIELDS['beta'].accepts()} (default 1.0)")
+    parser.add_argument("--rule", choices=("contrastive", "compensated"), default=DEFAULT_RULE,
                         help="ESamp reweighting rule (default compensated, the server default; "
                              "contrastive = the paper's)")
     parser.add_argument("--model-path", help="any HF model folder (default: the bundled SmolLM2-135M-Instruct)")

@@ -10,6 +10,8 @@ import sys
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Iterator
 
+from esamp_sgl.core.config import FIELDS
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -82,7 +84,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, max_tokens: int) -> No
     group.add_argument("--temperature", type=float, default=1.0)
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--min-p", type=float, default=0.05)
-    group.add_argument("--beta", type=float, default=None, help="exploration strength (default: the server's)")
+    group.add_argument("--beta", type=float, default=None,
+                       help=f"exploration strength, {FIELDS['beta'].accepts()} (default: the server's)")
     group.add_argument("--no-explore", action="store_true", help="stock sampling, for comparison")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
 

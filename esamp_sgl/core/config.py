@@ -116,13 +116,24 @@ def check_bool(name: str, value: Any, *, allow_str: bool = False) -> bool:
 @dataclass(frozen=True)
 class FieldRule:
     """What a field accepts: kind 'float' ([lo, hi], or (lo, hi] with lo_open), 'int' ([lo, hi]),
-    'choice' (one of `choices()`) or 'bool'."""
+    'choice' (one of `choices()`) or 'bool'; `doc` says what it does (docs/operations.md's table)."""
 
     kind: Literal["float", "int", "choice", "bool"]
     lo: float = 0.0
     hi: float = 0.0
     lo_open: bool = False
     choices: Callable[[], tuple[str, ...]] = tuple
+    doc: str = ""
+
+    def accepts(self) -> str:
+        """The allowed values in words, as the validation errors state them."""
+        if self.kind == "float":
+            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        if self.kind == "int":
+            return f"integer in [{int(self.lo)}, {int(self.hi)}]"
+        if self.kind == "choice":
+            return ", ".join(f"`{c}`" for c in self.choices())
+        return "true or false"
 
     def check(self, name: str, value: Any, *, allow_str: bool = False) -> Any:
         """The value as its type, or ValueError naming `name` and what is allowed."""
@@ -135,45 +146,47 @@ class FieldRule:
         return check_bool(name, value, allow_str=allow_str)
 
 
-def _one_of(*allowed: str) -> FieldRule:
-    return FieldRule("choice", choices=lambda: allowed)
+def _one_of(*allowed: str, doc: str) -> FieldRule:
+    return FieldRule("choice", choices=lambda: allowed, doc=doc)
 
 
 # The one table of what each ESampConfig field accepts: the config, the per-request options, the DSL's
 # gen() and the core's own constructors all validate through it (errors name the field as esamp_<field>).
 FIELDS: dict[str, FieldRule] = {
-    "beta": FieldRule("float", 0.0, BETA_MAX),
-    "rule": FieldRule("choice", choices=rule_names),
-    "rank": FieldRule("int", 1, 8192),
-    "lr": FieldRule("float", 0.0, 1.0, lo_open=True),
-    "optimizer": _one_of(*OPTIMIZERS),
-    "weight_decay": FieldRule("float", 0.0, 1.0),
-    "train_steps_per_decode": FieldRule("int", 1, 64),
-    "training": FieldRule("bool"),
-    "tilt_bound": FieldRule("float", 0.0, 10.0, lo_open=True),
-    "fit_gate": FieldRule("bool"),
-    "gate_r2_full": FieldRule("float", 0.0, 1.0, lo_open=True),
-    "gate_window": FieldRule("int", 1, 100_000),
-    "source_layer": FieldRule("int", 0, 1023),
-    "source_site": _one_of(*SOURCE_SITES),
-    "target_site": _one_of(*TARGET_SITES),
-    "max_groups": FieldRule("int", 1, 1 << 16),
-    "apply_to_greedy": FieldRule("bool"),
-    "greedy_min_p": FieldRule("float", 0.0, 1.0, lo_open=True),
-    "prefill_warm_start": FieldRule("bool"),
-    "warm_start_steps": FieldRule("int", 1, 10_000),
-    "warm_start_lr": FieldRule("float", 0.0, 1.0, lo_open=True),
-    "warm_start_max_positions": FieldRule("int", 1, 1 << 20),
-    "warm_start_prompts": FieldRule("int", 1, 1 << 16),
-    "svd_warm_start": FieldRule("bool"),
-    "max_candidates": FieldRule("int", 1, 1 << 20),
-    "backend": _one_of(*BACKENDS),
-    "train_mode": _one_of(*TRAIN_MODES),
-    "seed": FieldRule("int", 0, (1 << 63) - 1),
-    "group_by": _one_of(*GROUP_BY_POLICIES),
-    "group_window_s": FieldRule("float", 0.0, 86_400.0, lo_open=True),
-    "group_max_members": FieldRule("int", 1, 1 << 16),
-    "explore_all": FieldRule("bool"),
+    "beta": FieldRule("float", 0.0, BETA_MAX, doc="strength β (requests may override it)"),
+    "rule": FieldRule("choice", choices=rule_names,
+                      doc="the reweighting rule (requests may override it; esamp_sgl/core/rules.py)"),
+    "rank": FieldRule("int", 1, 8192, doc="the Distiller's rank (at most the model's hidden size)"),
+    "lr": FieldRule("float", 0.0, 1.0, lo_open=True, doc="learning rate of decode-time training"),
+    "optimizer": _one_of(*OPTIMIZERS, doc="the Distiller's optimiser"),
+    "weight_decay": FieldRule("float", 0.0, 1.0, doc="weight decay (adamw, sgd)"),
+    "train_steps_per_decode": FieldRule("int", 1, 64, doc="optimiser steps per decode step"),
+    "training": FieldRule("bool", doc="false: frozen Distillers (predict only; warm starts still apply)"),
+    "tilt_bound": FieldRule("float", 0.0, 10.0, lo_open=True,
+                            doc="a signal's spread over the candidates is at most this x the model's own"),
+    "fit_gate": FieldRule("bool", doc="scale β by the group's measured fit (an unmeasured Distiller leaves tokens stock)"),
+    "gate_r2_full": FieldRule("float", 0.0, 1.0, lo_open=True, doc="held-out R² at which the gate is fully open"),
+    "gate_window": FieldRule("int", 1, 100_000, doc="steps over which the gate's fit is measured"),
+    "source_layer": FieldRule("int", 0, 1023, doc="the layer whose input residual stream is the source"),
+    "source_site": _one_of(*SOURCE_SITES, doc="where the source is tapped (`first_input_norm`: the paper's)"),
+    "target_site": _one_of(*TARGET_SITES, doc="where the target is tapped (`last_input_norm`: the paper's)"),
+    "max_groups": FieldRule("int", 1, 1 << 16, doc="bank slots: live fork groups that explore at once"),
+    "apply_to_greedy": FieldRule("bool", doc="explore greedy rows too (over the tokens within greedy_min_p of the best)"),
+    "greedy_min_p": FieldRule("float", 0.0, 1.0, lo_open=True, doc="the candidate filter of greedy rows"),
+    "prefill_warm_start": FieldRule("bool", doc="train each group on its prompt's own positions first"),
+    "warm_start_steps": FieldRule("int", 1, 10_000, doc="full-batch steps of the prefill warm start"),
+    "warm_start_lr": FieldRule("float", 0.0, 1.0, lo_open=True, doc="learning rate of the prefill warm start"),
+    "warm_start_max_positions": FieldRule("int", 1, 1 << 20, doc="last prompt positions used (and kept per prompt)"),
+    "warm_start_prompts": FieldRule("int", 1, 1 << 16, doc="prompts whose pairs are kept for cached prompts"),
+    "svd_warm_start": FieldRule("bool", doc="initialise Distillers from the model's FFN (rank-r SVD)"),
+    "max_candidates": FieldRule("int", 1, 1 << 20, doc="cap on candidates per row (the most likely are kept)"),
+    "backend": _one_of(*BACKENDS, doc="sampling kernels (`auto`: FlashInfer on CUDA when installed)"),
+    "train_mode": _one_of(*TRAIN_MODES, doc="where training runs (`auto`: a CUDA side stream on GPU, inline on CPU)"),
+    "seed": FieldRule("int", 0, (1 << 63) - 1, doc="seed of ESamp's own generator and the initial Distillers"),
+    "group_by": _one_of(*GROUP_BY_POLICIES, doc="`prompt`: concurrent requests with identical prompts share a group"),
+    "group_window_s": FieldRule("float", 0.0, 86_400.0, lo_open=True, doc="how long a prompt group stays open"),
+    "group_max_members": FieldRule("int", 1, 1 << 16, doc="samples per prompt group"),
+    "explore_all": FieldRule("bool", doc='explore every request that does not say `"esamp": false`'),
 }
 
 
@@ -326,3 +339,13 @@ def check_group_key(value: Any) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise ValueError(f"{what}, got {shown!r} (length {len(value)})")
     return value
+
+
+def fields_markdown() -> str:
+    """The server-wide settings as a markdown table (docs/operations.md embeds it; a test compares)."""
+    rows = ["| field (`ESAMP_SGL_<FIELD>`) | default | accepts | what |", "|---|---|---|---|"]
+    for name, rule in FIELDS.items():
+        default = ESampConfig.model_fields[name].default
+        shown = str(default).lower() if isinstance(default, bool) else default
+        rows.append(f"| `{name}` | `{shown}` | {rule.accepts()} | {rule.doc} |")
+    return "\n".join(rows) + "\n"

@@ -139,3 +139,13 @@ def test_group_table_join_leave_keeps_a_refused_group_stock_for_its_life():
     assert table.refusals == 1  # a stock group's later members are not new refusals
     assert table.leave("b", None) is None and table.leave("b", None) is None
     assert table.stock_groups == 0 and table.join("b") == 0  # gone, then a fresh group
+
+
+def test_the_settings_table_in_the_docs_is_the_field_table():
+    from pathlib import Path
+
+    from esamp_sgl.core.config import FIELDS, ESampConfig, fields_markdown
+
+    assert set(FIELDS) == set(ESampConfig.model_fields)  # every field validated through the one table
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert fields_markdown() in doc, "regenerate docs/operations.md's table with config.fields_markdown()"
