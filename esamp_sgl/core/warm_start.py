@@ -76,7 +76,7 @@ def svd_template(w_gate: Tensor | None, w_up: Tensor, w_down: Tensor, rank: int)
 def prefill_warm_start(trainer: TestTimeTrainer, slot: int, source: Tensor, target: Tensor,
                        steps: int, lr: float) -> None:
     """K full-batch optimiser steps of `slot` on a prompt's pairs (source/target [P, H]).
-    Scheduled like decode training (same stream/thread), so the next prediction waits for it."""
+    Scheduled like decode training (same stream), so the next prediction waits for it."""
     if source.shape != target.shape or source.dim() != 2:
         raise ValueError(f"source and target must both be [positions, H], got "
                          f"{tuple(source.shape)} and {tuple(target.shape)}")
