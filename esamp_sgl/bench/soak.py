@@ -24,7 +24,13 @@ Checks afterwards (each failure is a violation → exit 1):
   a leak of ~1.3 MiB per request or more would cross it within one run;
 * the server log (when this command started the server) has no failed ESamp step.
 
-Output: one summary line on stdout, the full report as `soak.json` in `--output`.
+With `--passes N` the plan runs N times on the same server (seeds seed, seed+1, ...), each pass
+checked as above, and the scheduler RSS after each pass is reported: the first passes raise the
+allocator's high-water mark, so steady growth is judged from the second pass on (the mean growth per
+pass after it, a least-squares slope, must stay within `--max-pass-growth-mib`, default 16 MiB; single
+passes swing by ±40 MiB on CPU, so use 8 passes or more).
+
+Output: one summary line per pass on stdout, the full report as `soak.json` in `--output`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from esamp_sgl.bench.memory import rss_bytes
 from esamp_sgl.bench.soak_checks import FAILED_STEP_LOG, healthy, scheduler_pids, wait_until_freed
@@ -158,6 +166,27 @@ def summary_line(report: dict[str, Any]) -> str:
             f"slots leaked {report['slots_leaked']}; {rss}; {report['run_s']:.0f} s — {verdict}")
 
 
+def memory_over_passes(reports: list[dict[str, Any]], max_pass_growth_mib: float) -> dict[str, Any]:
+    """Scheduler RSS after each pass; the steady growth is the least-squares slope of the RSS after the
+    second pass on (the first passes raise the allocator's high-water mark and first touch the KV
+    pool). A violation if it exceeds the bound."""
+    after = [r["rss_after_mib"] for r in reports]
+    out: dict[str, Any] = {"rss_baseline_mib": reports[0]["rss_before_mib"], "rss_after_pass_mib": after,
+                           "growth_per_pass_mib": None, "steady_growth_mib_per_pass": None,
+                           "max_pass_growth_mib": max_pass_growth_mib, "violations": []}
+    if any(a is None for a in after):
+        return out
+    out["growth_per_pass_mib"] = [round(b - a, 1) for a, b in zip([reports[0]["rss_before_mib"], *after], after)]
+    if len(after) >= 3:
+        # least squares over the passes from the second on: single passes swing by tens of MiB
+        steady = float(np.polyfit(np.arange(len(after) - 1), after[1:], 1)[0])
+        out["steady_growth_mib_per_pass"] = round(steady, 2)
+        if steady > max_pass_growth_mib:
+            out["violations"].append(f"scheduler RSS grew {steady:.1f} MiB per pass after the second "
+                                     f"(bound {max_pass_growth_mib:g})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esamp-sgl bench soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an already running esamp server (default: start one on loopback)")
@@ -173,9 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole plan (default 900)")
     parser.add_argument("--max-rss-growth-mib", type=float, default=256)
+    parser.add_argument("--passes", type=int, default=1, help="run the plan this many times on one server")
+    parser.add_argument("--max-pass-growth-mib", type=float, default=16,
+                        help="bound on the mean RSS growth per pass after the second (default 16)")
     parser.add_argument("--max-groups", type=int, help="ESAMP_SGL_MAX_GROUPS for the server this starts")
     parser.add_argument("--output", default="soak-results", help="folder for soak.json (and server.log)")
     args = parser.parse_args(argv)
+    if not 1 <= args.passes <= 100:
+        parser.error(f"--passes must be in [1, 100], got {args.passes}")
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -193,14 +227,30 @@ def main(argv: list[str] | None = None) -> int:
     log = output / "server.log"
     with server_or_url(args.url, lambda: args.model_path or prepare_model(), log_path=log, env=env,
                        extra_args=["--random-seed", str(args.seed)]) as (url, server):
-        if server is None:
-            report = soak(url.rstrip("/"), server_pid=args.server_pid, **options)
+        where = (dict(server_pid=args.server_pid) if server is None
+                 else dict(server_pid=server.process.pid, server_log=log))
+        reports = []
+        for i in range(args.passes):
+            reports.append(soak(url.rstrip("/"), **{**options, "seed": args.seed + i}, **where))
+            if args.passes > 1:
+                print(f"pass {i + 1}/{args.passes}: {summary_line(reports[-1])}", flush=True)
+        if args.passes == 1:
+            report = reports[0]
         else:
-            report = soak(url, server_pid=server.process.pid, server_log=log, **options)
+            memory = memory_over_passes(reports, args.max_pass_growth_mib)
+            report = {"passes": reports, "memory": memory, "violations": [
+                f"pass {i + 1}: {v}" for i, r in enumerate(reports) for v in r["violations"]] + memory["violations"]}
+        if server is not None:
             report["server_startup_s"] = round(server.startup_seconds or 0, 1)
     report["wall_s"] = round(time.monotonic() - started, 1)
     (output / "soak.json").write_text(json.dumps(report, indent=2))
-    print(summary_line(report))
+    if args.passes == 1:
+        print(summary_line(report))
+    else:
+        m = report["memory"]
+        print(f"scheduler RSS {m['rss_baseline_mib']} MiB, after each pass {m['rss_after_pass_mib']} "
+              f"(growth {m['growth_per_pass_mib']}); steady growth after the second pass: "
+              f"{m['steady_growth_mib_per_pass']} MiB/pass (bound {m['max_pass_growth_mib']:g})")
     for violation in report["violations"][:20]:
         print("  violation:", violation, file=sys.stderr)
     return 0 if not report["violations"] else 1

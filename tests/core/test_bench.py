@@ -88,3 +88,21 @@ def test_overhead_bench_with_a_separate_stock_server_and_both_clients():
         esamp.shutdown()
         stock.shutdown()
     assert {"esamp": True, "esamp_train": False} in seen["seen"]
+
+
+def test_soak_memory_over_passes_judges_steady_growth_after_the_second_pass():
+    from esamp_sgl.bench.soak import memory_over_passes
+
+    def reports(before, afters):
+        return [{"rss_before_mib": before, "rss_after_mib": a} for a in afters]
+
+    # High-water mark raised by the first two passes, then flat: no violation.
+    flat = memory_over_passes(reports(1000.0, [1150.0, 1199.0, 1203.0, 1205.0]), 16)
+    assert flat["growth_per_pass_mib"] == [150.0, 49.0, 4.0, 2.0]
+    assert flat["steady_growth_mib_per_pass"] == 3.0 and flat["violations"] == []
+    # A steady leak of 20 MiB per pass after the second: a violation naming the bound.
+    leak = memory_over_passes(reports(1000.0, [1150.0, 1200.0, 1220.0, 1240.0]), 16)
+    assert leak["steady_growth_mib_per_pass"] == 20.0 and "bound 16" in leak["violations"][0]
+    # Two passes cannot tell steady growth from the high-water mark; no RSS (no pid): nothing judged.
+    assert memory_over_passes(reports(1000.0, [1150.0, 1300.0]), 16)["steady_growth_mib_per_pass"] is None
+    assert memory_over_passes(reports(None, [None, None, None]), 16)["growth_per_pass_mib"] is None
