@@ -33,12 +33,17 @@ def per_prompt(records: Iterable[dict[str, Any]], metric: str) -> dict[str, dict
     return {arm: {p: float(np.mean(v)) for p, v in by.items()} for arm, by in acc.items()}
 
 
-def curve_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear interpolation through the points sorted by x, linear extrapolation outside."""
+def curve_at(xs: Sequence[float], ys: Sequence[float], x: float,
+             slopes: tuple[float, float] | None = None) -> float:
+    """Piecewise-linear interpolation through the points sorted by x. Outside their range: the end
+    segment extended, or with `slopes` = (below, above) the end point continued at that slope."""
     pts = sorted(zip(xs, ys))
     if len(pts) == 1:
         return pts[0][1]
     xs_s, ys_s = [p[0] for p in pts], [p[1] for p in pts]
+    if slopes is not None and not xs_s[0] <= x <= xs_s[-1]:
+        end, slope = (0, slopes[0]) if x < xs_s[0] else (-1, slopes[1])
+        return ys_s[end] + slope * (x - xs_s[end])
     i = int(np.searchsorted(xs_s, x))
     i = min(max(i, 1), len(pts) - 1)
     (x0, y0), (x1, y1) = pts[i - 1], pts[i]
@@ -47,18 +52,34 @@ def curve_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
+def _mean_end_slopes(m: dict[str, dict[Any, float]], q: dict[str, dict[Any, float]],
+                     refs: Sequence[str]) -> tuple[float, float] | None:
+    """The slopes of the family's end segments on its mean curve (each arm's mean over prompts).
+    A prompt's curve is extended past its own points at these slopes: per prompt, two points a
+    little apart in quality give a slope that is mostly noise, and extending it gives meaningless
+    values (a strength sweep whose first arms sit close to its stock anchor, say)."""
+    pts = sorted((float(np.mean(list(q[a].values()))), float(np.mean(list(m[a].values())))) for a in refs)
+    if len(pts) < 2 or pts[1][0] == pts[0][0] or pts[-1][0] == pts[-2][0]:
+        return None
+    slope = lambda p0, p1: (p1[1] - p0[1]) / (p1[0] - p0[0])
+    return slope(pts[0], pts[1]), slope(pts[-2], pts[-1])
+
+
 def matched_gain(records: list[dict[str, Any]], arm: str, reference_arms: Sequence[str],
                  metric: str = "vendi", quality: str = "nll") -> dict[str, Any] | None:
-    """The arm's per-prompt gain in `metric` over the reference curve at matched `quality`."""
+    """The arm's per-prompt gain in `metric` over the reference curve at matched `quality`: the
+    prompt's own reference points, interpolated; extended past them at the mean curve's end slopes."""
     m, q = per_prompt(records, metric), per_prompt(records, quality)
-    if arm not in m or len([a for a in reference_arms if a in m]) < 2:
+    present = [a for a in reference_arms if a in m and a in q]
+    if arm not in m or len(present) < 2:
         return None
+    slopes = _mean_end_slopes(m, q, present)
     gains, by_prompt = [], {}
     for prompt, value in m[arm].items():
         refs = [a for a in reference_arms if prompt in m.get(a, {}) and prompt in q.get(a, {})]
         if len(refs) < 2 or prompt not in q.get(arm, {}):
             continue
-        curve = curve_at([q[a][prompt] for a in refs], [m[a][prompt] for a in refs], q[arm][prompt])
+        curve = curve_at([q[a][prompt] for a in refs], [m[a][prompt] for a in refs], q[arm][prompt], slopes)
         gains.append(value - curve)
         by_prompt[prompt] = value - curve
     if not gains:

@@ -146,12 +146,23 @@ def analyze(records: list[dict[str, Any]], arms: Sequence[Arm], primary: Arm | N
 
 def baseline_families(arms: Sequence[Arm], like: Arm) -> dict[str, list[str]]:
     """{family: arm names} of the baseline kinds under `like`'s filters (and, for the kinds that sweep
-    something other than T, at its T): the curves `like` is compared against at matched NLL."""
+    something other than T, at its T): the curves `like` is compared against at matched NLL.
+
+    A family that sweeps a strength (tat's Tp, presence's β) starts at strength 0, which *is* stock
+    sampling at its T and filters: that stock arm, when run, is the family's first point. Without it
+    the curve is only read off its own arms, and per prompt two nearby points extrapolated to an
+    ESamp arm's lower NLL give meaningless values."""
     out: dict[str, list[str]] = {}
     for a in arms:
         if a.kind in BASELINE_KINDS and (a.min_p, a.top_p) == (like.min_p, like.top_p) \
                 and (a.kind == "stock" or a.temperature == like.temperature):
             out.setdefault(a.family, []).append(a.name)
+    anchor = next((a.name for a in arms if a.kind == "stock" and a.temperature == like.temperature
+                   and (a.min_p, a.top_p) == (like.min_p, like.top_p)), None)
+    if anchor is not None:
+        for family, names in out.items():
+            if not family.startswith("stock") and anchor not in names:
+                names.insert(0, anchor)
     return out
 
 

@@ -101,6 +101,10 @@ def test_diversity_preregistered_section_uses_the_preset_families():
     pre = diversity.preregistered(_records(_diversity_points()), arms, parse_arm(PRIMARY_ARM))
     assert set(pre["baseline_families"]) == {"stock, min-p 0.05 (T sweep)", "tat, min-p 0.05, T 1 (Tp sweep)",
                                              "presence, min-p 0.05, T 1 (β sweep)"}
+    # A strength sweep starts at strength 0 = stock at the same T and filters: its first point.
+    for family in ("tat, min-p 0.05, T 1 (Tp sweep)", "presence, min-p 0.05, T 1 (β sweep)"):
+        assert pre["baseline_families"][family][0] == "stock-T1-minp0.05"
+    assert "stock-T1-minp0.05" in pre["baseline_families"]["stock, min-p 0.05 (T sweep)"]
     primary = pre["primary"]
     assert primary["arm"] == "esamp-compensated-b1-T1-minp0.05" and primary["mean"] == pytest.approx(1.0)
     assert primary["strongest_family"] == "tat, min-p 0.05, T 1 (Tp sweep)"
@@ -220,3 +224,16 @@ def test_diversity_cli_from_raw_reports_the_preregistered_contrast(monkeypatch, 
     assert len(pre["secondary"]) == 2 and all(v is not None for v in pre["secondary"].values())
     md = (out / "diversity.md").read_text()
     assert "## Pre-registered contrast" in md and "random prior" in md
+
+
+def test_matched_gain_extends_a_prompt_curve_at_the_mean_curves_slope():
+    # The family's mean curve is vendi = nll (slope 1). Prompt 1's own two points are close in NLL and
+    # far in Vendi (slope 20): extended from them, the curve at NLL 0.5 would read -19; continued at
+    # the mean slope from its nearer end it reads 0.5, so the arm at (0.5, 1.5) gains 1.0 there too.
+    points = {"a": [(1.0, 1.0), (1.0, 1.0)], "b": [(3.0, 3.0), (1.1, 3.0)], "arm": [(0.5, 1.5), (0.5, 1.5)]}
+    m = {arm: {p: v for p, (_, v) in enumerate(per)} for arm, per in points.items()}
+    slopes = (np.mean([3.0, 3.0]) - 1.0) / (np.mean([3.0, 1.1]) - 1.0)
+    gain = analysis.matched_gain(_records(points), "arm", ["a", "b"])
+    assert gain["per_prompt"][0] == pytest.approx(1.5 - (1.0 + (0.5 - 1.0) * slopes))
+    assert gain["per_prompt"][1] == pytest.approx(1.5 - (1.0 + (0.5 - 1.0) * slopes))
+    assert m["arm"][1] - gain["per_prompt"][1] > -19  # not the prompt's own slope extended

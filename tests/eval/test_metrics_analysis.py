@@ -62,6 +62,10 @@ def test_curve_interpolates_and_extrapolates_linearly():
     assert analysis.curve_at(xs, ys, 0.0) == pytest.approx(-1.0)  # first segment extended
     assert analysis.curve_at(xs, ys, 4.0) == pytest.approx(5.0)  # last segment extended
     assert analysis.curve_at(list(reversed(xs)), list(reversed(ys)), 1.5) == pytest.approx(2.0)
+    # With slopes (the mean curve's end slopes): the end point continued at them, inside unchanged.
+    assert analysis.curve_at(xs, ys, 0.0, slopes=(0.5, 4.0)) == pytest.approx(1.0 - 0.5)
+    assert analysis.curve_at(xs, ys, 4.0, slopes=(0.5, 4.0)) == pytest.approx(ys[-1] + 4.0 * (4.0 - xs[-1]))
+    assert analysis.curve_at(xs, ys, 1.5, slopes=(0.5, 4.0)) == pytest.approx(2.0)
 
 
 def test_matched_gain_per_prompt_and_replicates_averaged():
