@@ -26,8 +26,8 @@ Checks afterwards (each failure is a violation → exit 1):
 
 With `--passes N` the plan runs N times on the same server (seeds seed, seed+1, ...), each pass
 checked as above, and the scheduler RSS after each pass is reported: the first passes raise the
-allocator's high-water mark, so steady growth is judged from the second pass on (the mean growth per
-pass after it, a least-squares slope, must stay within `--max-pass-growth-mib`, default 16 MiB; single
+allocator's high-water mark, so steady growth is judged from the second pass on (the least-squares
+slope of the RSS per pass from it must stay within `--max-pass-growth-mib`, default 16 MiB; single
 passes swing by ±40 MiB on CPU, so use 8 passes or more).
 
 Output: one summary line per pass on stdout, the full report as `soak.json` in `--output`.
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth-mib", type=float, default=256)
     parser.add_argument("--passes", type=int, default=1, help="run the plan this many times on one server")
     parser.add_argument("--max-pass-growth-mib", type=float, default=16,
-                        help="bound on the mean RSS growth per pass after the second (default 16)")
+                        help="bound on the RSS growth per pass from the second on, a least-squares slope (default 16)")
     parser.add_argument("--max-groups", type=int, help="ESAMP_SGL_MAX_GROUPS for the server this starts")
     parser.add_argument("--output", default="soak-results", help="folder for soak.json (and server.log)")
     args = parser.parse_args(argv)
