@@ -10,6 +10,8 @@ SUPPORTED_SGLANG = "0.5.23"
 TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.layers.sampler.Sampler._sample_from_probs": "the esamp sampler overrides it",
     "sglang.srt.layers.sampler.Sampler.forward": "the esamp sampler wraps it",
+    "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.sampling_mask_batch_indices":
+        "rows whose sampling mask SGLang captures inside the stock draw",
     "sglang.srt.layers.sampler.register_sampler_backend": "registers `--sampling-backend esamp`",
     "sglang.srt.arg_groups.resolution_hooks.register_resolution_hook": "keeps `esamp` on --device cpu",
     "sglang.srt.arg_groups.overrides.declare_resolution": "keeps `esamp` on --device cpu",

@@ -2,10 +2,12 @@
 
 Everything SGLang does before sampling (penalties, grammar, logit bias, temperature, softmax, the
 greedy path, logprobs, TP token sync) is the parent class's code, unchanged. Only the final draw is
-replaced: `_sample_from_probs` first runs SGLang's stock draw for every row (the `pytorch` backend on
+replaced: `_sample_from_probs` runs SGLang's stock draw for every row (the `pytorch` backend on
 CPU, `flashinfer` on CUDA, selected by a scoped config override so it is literally SGLang's code and
-RNG use), then `esamp_sgl.core.step.explore_step` redraws the rows of live fork groups from their
+RNG use), and `esamp_sgl.core.step.explore_step` redraws the rows of live fork groups from their
 reweighted candidates. Rows without ESamp therefore get bit-identical tokens to the stock backend.
+On CPU a batch whose every row ESamp redraws skips the stock draw, whose tokens would all be
+discarded (explore_step says why).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ESampSampler(Sampler):
                 # are untouched there (no temperature, no softmax), i.e. scaled logits at T = 1.
                 stock_ids = ids
                 ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
-                                    lambda: stock_ids)
+                                    lambda: stock_ids).to(stock_ids.dtype)
                 # The parent's TP token sync ran on the stock ids; sync the explored ones too (a no-op
                 # unless SYNC_TOKEN_IDS_ACROSS_TP, which the esamp backend requires under --tp-size > 1).
                 self._sync_token_ids_across_tp(ids, sampling_info)
@@ -79,11 +81,16 @@ class ESampSampler(Sampler):
 
         if self._step is None:
             return stock(), mask_capture
+        if sampling_info.sampling_mask_batch_indices is not None:
+            # SGLang captures the sampling mask inside its own draw: run it even when ESamp redraws
+            # every row (explore_step may otherwise skip it); it is cached, so it runs once.
+            stock = _once(stock)
+            stock()
         # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
         # logits up to a per-row constant, which every rule and softmax over candidates ignores,
         # so the core takes log(p) of the candidates only (logits=None).
         ids = self._explore(self._step, None, probs, sampling_info, stock)
-        return ids, mask_capture
+        return ids.to(torch.int32), mask_capture  # SGLang's draws (torch and FlashInfer) are int32
 
     def _prepare(self, hidden_states, sampling_info) -> StepContext | None:
         rt = self.runtime
@@ -100,11 +107,7 @@ class ESampSampler(Sampler):
 
     def _explore(self, step: StepContext, logits, probs, sampling_info,
                  stock: Callable[[], torch.Tensor]) -> torch.Tensor:
-        stock_ids: list[torch.Tensor] = []
-
-        def stock_once() -> torch.Tensor:
-            stock_ids.append(stock())
-            return stock_ids[0]
+        stock_once = _once(stock)
 
         batch = StepBatch(
             logits=logits,
@@ -129,4 +132,17 @@ class ESampSampler(Sampler):
             self.failures += 1
             if self.failures == 1 or self.failures % 1000 == 0:
                 logger.exception("esamp: exploration step failed (%d so far); sampling stock", self.failures)
-            return stock_ids[0] if stock_ids else stock()
+            return stock_once()
+
+
+def _once(draw: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """`draw` run at most once (the stock draw advances the engine's RNG): later calls return
+    the first result."""
+    result: list[torch.Tensor] = []
+
+    def cached() -> torch.Tensor:
+        if not result:
+            result.append(draw())
+        return result[0]
+
+    return cached

@@ -125,17 +125,19 @@ def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
 
 
 def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
-    """Returns this step's token ids [R]."""
-    # The stock sampler runs for every row first, with the engine's RNG: a row that ESamp leaves
-    # alone (no slot, β·g = 0, greedy without apply_to_greedy) gets exactly the stock token.
-    tokens = stock_sample()
+    """Returns this step's token ids [R]. `stock_sample` is the engine's own draw for the whole
+    batch, with the engine's RNG: a row that ESamp leaves alone (no slot, β·g = 0, greedy without
+    apply_to_greedy) gets exactly the stock token. It is called unless every row is redrawn and host
+    reads are free (CPU): then the stock draw would be discarded whole, and on CPU it is SGLang's
+    full-vocabulary sort per row, ~25 % of a SmolLM2 decode step (docs/performance.md)."""
     if not batch.any_active:
-        return tokens
+        return stock_sample()
     if ex.trim_candidates:  # CPU, where host reads are free: do the work for the exploring rows only
         rows = (batch.slots >= 0).nonzero().squeeze(1)
-        if rows.numel() < tokens.numel():
-            tokens = tokens.clone()
-            tokens[rows] = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
+        if rows.numel() < batch.slots.numel():
+            tokens = stock_sample().clone()
+            explored = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
+            tokens[rows] = explored.to(tokens.dtype)
             return tokens
     has_slot = batch.slots >= 0
     if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
@@ -147,7 +149,11 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
 
     # 5. Sample from softmax over the candidates with ESamp's own generator (greedy: argmax).
     esamp_tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
-    tokens = torch.where(rw.applied, esamp_tokens.to(tokens.dtype), tokens)
+    if ex.trim_candidates and bool(rw.applied.all()):  # host read: free on CPU
+        tokens = esamp_tokens
+    else:
+        stock_tokens = stock_sample()
+        tokens = torch.where(rw.applied, esamp_tokens.to(stock_tokens.dtype), stock_tokens)
 
     # 6. Telemetry and the gate's held-out fit, then train on this step's pairs (after sampling;
     #    may run asynchronously).

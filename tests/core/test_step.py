@@ -92,6 +92,30 @@ def test_inactive_batch_returns_stock_tokens_and_does_nothing():
         assert torch.equal(v, before[k])
 
 
+def test_the_stock_draw_runs_only_when_some_row_keeps_its_stock_token():
+    """On CPU a batch whose every row ESamp redraws skips the engine's draw (its tokens would all be
+    discarded); one row that keeps its stock token (β = 0 here) brings the draw back, once."""
+    def counted(batch, gen):
+        draw = _stock(batch, gen)
+
+        def run():
+            calls.append(1)
+            return draw()
+        return run
+
+    ex = _explorer()
+    a = ex.acquire_group("a")
+    for betas, expected_calls in (([1.0, 1.0, 1.0], 0), ([1.0, 0.0, 1.0], 1)):
+        calls = []
+        batch = _batch(torch.Generator().manual_seed(5), [a, a, a], betas)
+        tokens = explore_step(ex, batch, counted(batch, torch.Generator().manual_seed(6)))
+        assert len(calls) == expected_calls
+        assert tokens.shape == (3,) and tokens.dtype == torch.int64
+        if expected_calls:
+            assert int(tokens[1]) == int(_stock(batch, torch.Generator().manual_seed(6))()[1])
+    ex.close()
+
+
 @pytest.mark.parametrize("rule", ["contrastive", "compensated"])
 def test_greedy_rows_take_the_argmax_of_the_reweighted_logits_when_asked(rule):
     ex = _explorer(apply_to_greedy=True, greedy_min_p=0.05, rule=rule)

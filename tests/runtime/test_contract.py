@@ -133,6 +133,43 @@ def test_exploring_rows_are_reweighted_trained_and_leave_stock_rows_untouched(sa
     assert runtime.slots_in_use() == 0 and not runtime.members
 
 
+def test_a_batch_that_explores_every_row_skips_the_stock_draw_unless_sglang_captures_its_mask(samplers,
+                                                                                               monkeypatch):
+    """Every row explores (β = 2, gate off): SGLang's draw is not run (its tokens would all be
+    discarded), the ids keep SGLang's dtype; when SGLang asks for the sampling mask, which it captures
+    inside its own draw, the draw runs and the mask is there."""
+    import sglang.srt.layers.sampler as sglang_sampler
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+    esamp, _ = samplers
+    request = ExploreRequest(group="g")
+    rids = tuple("abcdef")
+    for rid in rids:
+        esamp.runtime.join(rid, request)
+    gen = torch.Generator().manual_seed(3)
+    logits, hidden = torch.randn(6, V, generator=gen) * 3, torch.randn(6, 2 * H, generator=gen)
+    draws = []
+    stock_draw = sglang_sampler.top_k_top_p_min_p_sampling_from_probs_torch
+
+    def counted(*args, **kwargs):
+        draws.append(1)
+        return stock_draw(*args, **kwargs)
+
+    monkeypatch.setattr(sglang_sampler, "top_k_top_p_min_p_sampling_from_probs_torch", counted)
+    for capture in (None, torch.arange(6)):
+        draws.clear()
+        info = _info(**ROWS)
+        setattr(info, ROWS_ATTR, BatchRows(rids, (request,) * 6))
+        info.sampling_mask_batch_indices = capture
+        out = LogitsProcessorOutput(next_token_logits=logits.clone(), hidden_states=hidden)
+        ids = esamp(out, info, False, [], [], torch.zeros(6, dtype=torch.int64))
+        assert ids.dtype == torch.int32 and ids.shape == (6,)
+        assert len(draws) == (0 if capture is None else 1)
+        assert (out.sampling_mask_output is not None) == (capture is not None)
+    for rid in rids:
+        esamp.runtime.leave(rid)
+
+
 class _Batch:  # what BatchedPenalizerOrchestrator keeps a weak reference to
     device = "cpu"
     reqs: list = []
