@@ -5,10 +5,11 @@
   integer answers. Difficulty 1–5 scales the numbers and operations; calibrated on
   SmolLM2-135M-Instruct so that its greedy accuracy is in the 20–60 % band where pass@k can move
   (measured numbers in docs/results/).
-* `worked_tasks(count, difficulty, seed)`: two-step word problems (items in groups, prices and
-  change, comparisons, fair shares) for a chat model that writes a short worked solution and ends
-  with `Answer: <number>`; `extract_worked_answer` reads that line. Difficulty 1–5 scales the numbers
-  and adds problem kinds (not yet calibrated on a model).
+* `worked_tasks(count, difficulty, seed)`: word problems for a chat model that writes a short worked
+  solution and ends with `Answer: <number>`; `extract_worked_answer` reads that line. Difficulty 1 is
+  one step (gets more, gives away), 2–5 are two or three steps (items in groups, comparisons, prices
+  and change, fair shares) with larger numbers. SmolLM2-135M-Instruct solves difficulty 1 in the
+  band where pass@k can move and hardly solves 2 (measured numbers in docs/results.md).
 * `TASK_DEFAULTS`: per generated task, the generation settings the pass@k CLI uses by default.
 """
 
@@ -112,17 +113,16 @@ _GOODS = (("notebook", "notebooks"), ("pencil", "pencils"), ("ticket", "tickets"
           ("cup", "cups"), ("plant", "plants"), ("toy car", "toy cars"), ("sticker", "stickers"))
 _CONTAINERS = ("boxes", "bags", "packs", "crates", "jars")
 # difficulty: (smallest, largest plain number; smallest, largest group size or price), and the kinds.
-_WORKED_NUMBERS = {1: (2, 9, 2, 5), 2: (5, 20, 2, 9), 3: (10, 60, 2, 9), 4: (20, 200, 3, 15), 5: (20, 200, 3, 15)}
-_WORKED_KINDS = {1: ("groups", "compare"), 2: ("groups", "compare", "price"),
-                 3: ("groups", "compare", "price", "share"), 4: ("groups", "compare", "price", "share"),
-                 5: ("three_steps", "price", "share")}
+_WORKED_NUMBERS = {1: (2, 9, 2, 5), 2: (2, 9, 2, 5), 3: (5, 20, 2, 9), 4: (10, 60, 2, 9), 5: (20, 200, 3, 15)}
+_WORKED_KINDS = {1: ("add", "take"), 2: ("groups", "compare"), 3: ("groups", "compare", "price"),
+                 4: ("groups", "compare", "price", "share"), 5: ("three_steps", "price", "share")}
 WORKED_INSTRUCTION = ("Solve the problem. Write a short worked solution (one or two lines), then end with "
                       "a line 'Answer: <number>'.")
 
 
 def _worked_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
     """One (question, worked solution ending in 'Answer: N', N); every answer a positive integer.
-    groups: g containers of k plus e loose; compare: a, and b more than a, together; price: change
+    add: a and b more; take: a + b, b given away; groups: g containers of k plus e loose; compare: a, and b more than a, together; price: change
     from a note after q items at p each; share: a + b shared equally by g; three_steps: groups, then
     some given away."""
     lo, hi, small_lo, small_hi = _WORKED_NUMBERS[difficulty]
@@ -132,6 +132,12 @@ def _worked_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]
     box = rng.choice(_CONTAINERS)
     g, k = rng.randint(small_lo, small_hi), rng.randint(small_lo, small_hi)
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    if kind == "add":
+        return (f"{name} has {a} {many} and gets {b} more. How many {many} does {name} have now?",
+                f"{a} + {b} = {a + b}.", a + b)
+    if kind == "take":
+        return (f"{name} has {a + b} {many} and gives {b} away. How many {many} does {name} have left?",
+                f"{a + b} − {b} = {a}.", a)
     if kind == "groups":
         return (f"{name} has {g} {box} with {k} {many} in each, and {a} more {many}. How many {many} "
                 f"does {name} have?", f"{g} × {k} = {g * k}. {g * k} + {a} = {g * k + a}.", g * k + a)

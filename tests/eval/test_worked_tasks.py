@@ -12,6 +12,8 @@ from esamp_sgl.eval.tasks import extract_worked_answer, load_tasks, worked_tasks
 
 # Each template's numbers, read back from the question, and the answer they imply.
 _TEMPLATES = [
+    (r"has (\d+) [^.]+ and gets (\d+) more\. How many", lambda a, b: a + b),
+    (r"has (\d+) [^.]+ and gives (\d+) away\. How many", lambda a, b: a - b),
     (r"has (\d+) \w+ with (\d+) .+ in each, and (\d+) more", lambda g, k, a: g * k + a),
     (r"has (\d+) [^.]+\. \w+ has (\d+) more", lambda a, b: 2 * a + b),
     (r"costs (\d+) dollars\. \w+ buys (\d+) .+ pays with (\d+) dollars", lambda p, q, paid: paid - p * q),
@@ -47,7 +49,9 @@ def test_worked_answers_are_correct_positive_integers_and_reproducible(difficult
 
 def test_worked_difficulty_scales_the_numbers_and_shots():
     biggest = lambda d: max(int(x) for t in worked_tasks(40, d, seed=0) for x in re.findall(r"\d+", t["question"]))
-    assert biggest(1) <= 9 < biggest(4)
+    assert biggest(1) <= 18 < biggest(4)
+    assert all(len(_STEP.findall(t["solution"])) == 1 for t in worked_tasks(40, 1, seed=0))  # one step
+    assert all(len(_STEP.findall(t["solution"])) >= 2 for t in worked_tasks(40, 2, seed=0))
     assert "Example problem" not in worked_tasks(1, 1, shots=0)[0]["prompt"]
     assert worked_tasks(1, 1, shots=2)[0]["prompt"].count("Example problem") == 2
     assert len(load_tasks("worked", count=5, difficulty=2, seed=1)) == 5
