@@ -133,7 +133,11 @@ def test_mixed_greedy_sampled_and_filtered_batch(esamp_server, chat_prompt):
 
 def test_greedy_rows_are_untouched_by_default(esamp_server, chat_prompt):
     prompt = chat_prompt("Name three rivers.")
-    generate(esamp_server, prompt, max_new_tokens=20, temperature=0)  # warm the prefix cache
+    # Warm the prefix cache with an ESamp request: it computes the prompt and keeps its warm-start
+    # pairs, so both requests below take the prompt from the cache alike. (Warmed by a stock request,
+    # the ESamp request would recompute the prompt for its warm start, and a recomputed prompt's bf16
+    # KV may differ from a cached prefix's in the last bits: a greedy near-tie could flip.)
+    generate(esamp_server, prompt, max_new_tokens=20, temperature=0, **explore(esamp_beta=5.0))
     stock = generate(esamp_server, prompt, max_new_tokens=20, temperature=0)[0]
     explored = generate(esamp_server, prompt, max_new_tokens=20, temperature=0, **explore(esamp_beta=5.0))[0]
     assert explored["output_ids"] == stock["output_ids"]
