@@ -7,7 +7,8 @@
 This shows the API (one fork group, a verifier, the group's telemetry), not a gain: on short exact
 answers at SmolLM2-135M scale ESamp neither helps nor harms pass@k (docs/signal.md: exact pass@16
 +0.003 ± 0.024 vs stock), while a warmer temperature after truncation (rule
-`temperature_after_truncation`) raises it. ESamp is for open-ended generation; see the README.
+`temperature_after_truncation`) raises it. On open-ended prompts at this scale the group presence
+penalty (rule `group_presence`) gave more diversity than ESamp; the README's table says which to use.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def main() -> None:
             "groups": groups,
             "report_groups": [r["group"] if r else None for r in reports],
             "predictions": max(r["predictions"] for r in reports),
+            "member_reports": [{k: r.get(k) for k in ("predictions", "tokens_reweighted", "steps_trained",
+                                                      "warm_start_positions")} if r else None for r in reports],
             "completion_tokens": 3 * 8,
             "answer": state["answer"],
             "animals": state["animals"],

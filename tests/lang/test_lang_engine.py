@@ -20,7 +20,10 @@ def test_engine_backend_runs_forks_select_n_and_streaming():
     out = json.loads(line[len("RESULT "):])
     assert out["error"] is None and out["stream_error"] is None
     assert len(set(out["groups"])) == 1 and out["report_groups"] == out["groups"]
-    assert out["completion_tokens"] <= out["predictions"] <= out["completion_tokens"] + 3
+    # Every row of every member predicted. On failure the members' own reports and the engine's log
+    # say which rows went stock (seen once in CI: 20 of 24, not reproduced in 4 runs since).
+    assert out["completion_tokens"] <= out["predictions"] <= out["completion_tokens"] + 3, (
+        out["member_reports"], done.stderr[-3000:])
     assert out["answer"] in ("yes", "no")
     assert len(out["animals"]) == 2 and len(set(out["animal_groups"])) == 1 and None not in out["animal_groups"]
     assert out["stream_chunks"] >= 1 and out["stream_text"]
