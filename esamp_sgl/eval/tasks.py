@@ -122,9 +122,9 @@ WORKED_INSTRUCTION = ("Solve the problem. Write a short worked solution (one or 
 
 def _worked_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
     """One (question, worked solution ending in 'Answer: N', N); every answer a positive integer.
-    add: a and b more; take: a + b, b given away; groups: g containers of k plus e loose; compare: a, and b more than a, together; price: change
-    from a note after q items at p each; share: a + b shared equally by g; three_steps: groups, then
-    some given away."""
+    add: a and b more; take: a + b, b given away; groups: g containers of k plus e loose; compare: a,
+    and b more than a, together; price: change from a note after q items at p each; share: a + b
+    shared equally by g; three_steps: groups, then some given away."""
     lo, hi, small_lo, small_hi = _WORKED_NUMBERS[difficulty]
     kind = rng.choice(_WORKED_KINDS[difficulty])
     name, other = rng.sample(_NAMES, 2)
