@@ -82,10 +82,10 @@ class ESampSampler(Sampler):
         if self._step is None:
             return stock(), mask_capture
         if sampling_info.sampling_mask_batch_indices is not None:
-            # SGLang captures the sampling mask inside its own draw: run it even when ESamp redraws
-            # every row (explore_step may otherwise skip it); it is cached, so it runs once.
-            stock = _once(stock)
-            stock()
+            # SGLang captures the sampling mask inside its own draw: run it now, even if ESamp
+            # redraws every row (explore_step would then skip it), and hand over its ids.
+            drawn = stock()
+            stock = lambda: drawn
         # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
         # logits up to a per-row constant, which every rule and softmax over candidates ignores,
         # so the core takes log(p) of the candidates only (logits=None).

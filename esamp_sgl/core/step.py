@@ -129,7 +129,7 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     batch, with the engine's RNG: a row that ESamp leaves alone (no slot, β·g = 0, greedy without
     apply_to_greedy) gets exactly the stock token. It is called unless every row is redrawn and host
     reads are free (CPU): then the stock draw would be discarded whole, and on CPU it is SGLang's
-    full-vocabulary sort per row, ~25 % of a SmolLM2 decode step (docs/performance.md)."""
+    full-vocabulary sort per row, ~26 % of a SmolLM2 decode step (docs/performance.md)."""
     if not batch.any_active:
         return stock_sample()
     if ex.trim_candidates:  # CPU, where host reads are free: do the work for the exploring rows only

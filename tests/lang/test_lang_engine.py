@@ -21,7 +21,7 @@ def test_engine_backend_runs_forks_select_n_and_streaming():
     assert out["error"] is None and out["stream_error"] is None
     assert len(set(out["groups"])) == 1 and out["report_groups"] == out["groups"]
     # Every row of every member predicted. On failure the members' own reports and the engine's log
-    # say which rows went stock (seen once in CI: 20 of 24, not reproduced in 4 runs since).
+    # say which rows went stock (seen once in CI: 20 of 24, not reproduced since).
     assert out["completion_tokens"] <= out["predictions"] <= out["completion_tokens"] + 3, (
         out["member_reports"], done.stderr[-3000:])
     assert out["answer"] in ("yes", "no")
