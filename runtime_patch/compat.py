@@ -12,6 +12,11 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.layers.sampler.Sampler.forward": "the esamp sampler wraps it",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.sampling_mask_batch_indices":
         "rows whose sampling mask SGLang captures inside the stock draw",
+    "sglang.srt.layers.sampler._SamplingMaskCapture.selected_weight":
+        "cleared for redrawn rows, so SGLang reads the emitted token's weight",
+    "sglang.srt.layers.logits_processor.SamplingMaskStatus": "INVALID for a greedy row whose token ESamp moved",
+    "sglang.srt.layers.logits_processor.LogitsProcessorOutput.sampling_mask_output":
+        "its statuses are rewritten on the all-greedy path",
     "sglang.srt.layers.sampler.register_sampler_backend": "registers `--sampling-backend esamp`",
     "sglang.srt.arg_groups.resolution_hooks.register_resolution_hook": "keeps `esamp` on --device cpu",
     "sglang.srt.arg_groups.overrides.declare_resolution": "keeps `esamp` on --device cpu",

@@ -8,6 +8,15 @@ RNG use), and `esamp_sgl.core.step.explore_step` redraws the rows of live fork g
 reweighted candidates. Rows without ESamp therefore get bit-identical tokens to the stock backend.
 On CPU a batch whose every row ESamp redraws skips the stock draw, whose tokens would all be
 discarded (explore_step says why).
+
+The sampling mask (`SamplingBatchInfo.sampling_mask_batch_indices`, captured inside SGLang's draw)
+describes the row's filtered support, which is ESamp's candidate set (the same top-k/top-p/min-p), with
+the model's filtered probabilities as weights. For a row ESamp redraws, SGLang must not pair the emitted
+token with the weight its discarded stock token had: the weight is looked up for the emitted token (as
+SGLang itself does when TP sync or a grammar replaces a token), so `selected_logprobs` is the model's
+filtered log-probability of the token actually emitted, and a token outside the support is reported
+INVALID (SGLang then aborts the request) instead of passing silently. It is not ESamp's own sampling
+probability (the behaviour policy after reweighting): explore_step does not return that.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from sglang.srt.layers.logits_processor import SamplingMaskStatus
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec, get_platform
 
@@ -60,6 +70,7 @@ class ESampSampler(Sampler):
                 stock_ids = ids
                 ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
                                     lambda: stock_ids).to(stock_ids.dtype)
+                _mark_greedy_mask(logits_output, sampling_info, stock_ids, ids)
                 # The parent's TP token sync ran on the stock ids; sync the explored ones too (a no-op
                 # unless SYNC_TOKEN_IDS_ACROSS_TP, which the esamp backend requires under --tp-size > 1).
                 self._sync_token_ids_across_tp(ids, sampling_info)
@@ -90,6 +101,10 @@ class ESampSampler(Sampler):
         # logits up to a per-row constant, which every rule and softmax over candidates ignores,
         # so the core takes log(p) of the candidates only (logits=None).
         ids = self._explore(self._step, None, probs, sampling_info, stock)
+        if mask_capture is not None:
+            # The captured selected_weight is the stock token's; SGLang's mask builder looks up the
+            # weight of the token actually emitted when it is None (bit-identical for stock rows).
+            mask_capture = mask_capture._replace(selected_weight=None)
         return ids.to(torch.int32), mask_capture  # SGLang's draws (torch and FlashInfer) are int32
 
     def _prepare(self, hidden_states, sampling_info) -> StepContext | None:
@@ -133,6 +148,19 @@ class ESampSampler(Sampler):
             if self.failures == 1 or self.failures % 1000 == 0:
                 logger.exception("esamp: exploration step failed (%d so far); sampling stock", self.failures)
             return stock_once()
+
+
+def _mark_greedy_mask(logits_output, sampling_info, stock_ids: torch.Tensor, ids: torch.Tensor) -> None:
+    """SGLang built the all-greedy mask from its argmax: support {argmax}, log-probability 0. A row
+    whose token ESamp changed (apply_to_greedy) left that support: report it INVALID, as SGLang's own
+    builder does for a token outside the captured support."""
+    mask = getattr(logits_output, "sampling_mask_output", None)
+    rows = sampling_info.sampling_mask_batch_indices
+    if mask is None or rows is None:
+        return
+    changed = ids.index_select(0, rows) != stock_ids.index_select(0, rows)
+    mask.statuses = torch.where(changed, torch.full_like(mask.statuses, int(SamplingMaskStatus.INVALID)),
+                                mask.statuses)
 
 
 def _once(draw: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:

@@ -192,3 +192,90 @@ def test_row_metadata_follows_sglang_filter_merge_and_copy(sglang_with_plugin):
     assert rows_of(a).rids == ("a0", "a2", "") and rows_of(a).requests == (req, req, None)
     copy = a.copy_for_forward()
     assert rows_of(copy) == rows_of(a)  # dataclasses.replace alone would drop it
+
+
+def _run_masked(sampler, info, logits, hidden, seed, stock_backend=False):
+    """_run with SGLang's sampling mask (and its support log-probabilities) captured for every row."""
+    n = logits.shape[0]
+    info.sampling_mask_batch_indices = torch.arange(n)
+    info.sampling_support_logprobs_capture_indices = torch.arange(n)
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+    from sglang.srt.runtime_context import get_exec
+
+    out = LogitsProcessorOutput(next_token_logits=logits.clone(), hidden_states=hidden)
+    torch.manual_seed(seed)
+    positions = torch.zeros(n, dtype=torch.int64)
+    with get_exec().kernel.override(sampling_backend="pytorch" if stock_backend else "esamp"):
+        ids = sampler(out, info, False, [], [], positions)
+    return ids, out.sampling_mask_output
+
+
+def test_sampling_mask_reports_the_emitted_token_not_the_discarded_stock_one(samplers):
+    """SGLang's mask for a row ESamp redraws: the same support (the candidate set), and the selected
+    log-probability is the emitted token's under that support, not the discarded stock token's."""
+    esamp, stock = samplers
+    request = ExploreRequest(group="g")
+    for rid in ("a", "c", "e"):
+        esamp.runtime.join(rid, request)
+    gen = torch.Generator().manual_seed(4)
+    logits, hidden = torch.randn(6, V, generator=gen) * 3, torch.randn(6, 2 * H, generator=gen)
+    rows = BatchRows(tuple("abcdef"), (request, None, request, None, request, None))
+    changed = 0
+    for seed in range(8):
+        stock_ids, want = _run_masked(stock, _info(**ROWS), logits, hidden, seed, stock_backend=True)
+        info = _info(**ROWS)
+        setattr(info, ROWS_ATTR, rows)
+        ids, got = _run_masked(esamp, info, logits, hidden, seed)
+        assert torch.equal(got.token_ids, want.token_ids) and torch.equal(got.lengths, want.lengths)
+        assert torch.equal(got.support_logprobs, want.support_logprobs)  # the support is the filters'
+        assert got.statuses.tolist() == [0] * 6  # SamplingMaskStatus.OK: every token inside its support
+        for i in range(6):
+            support = want.token_ids[i, : want.lengths[i]].tolist()
+            expected = want.support_logprobs[i, support.index(int(ids[i]))]
+            torch.testing.assert_close(got.selected_logprobs[i], expected)
+        stock_rows = [1, 3, 5]
+        assert torch.equal(ids[stock_rows], stock_ids[stock_rows])
+        assert torch.equal(got.selected_logprobs[stock_rows], want.selected_logprobs[stock_rows])
+        changed += int((ids[[0, 2, 4]] != stock_ids[[0, 2, 4]]).sum())
+    assert changed > 0  # some explored rows did emit another token than the stock draw
+    for rid in ("a", "c", "e"):
+        esamp.runtime.leave(rid)
+
+
+@pytest.mark.parametrize("all_greedy", [True, False])
+def test_greedy_mask_marks_rows_whose_token_esamp_changed_invalid(samplers, all_greedy):
+    """apply_to_greedy: SGLang's mask of a greedy row says support {argmax}; an explored row whose token
+    is not the argmax is reported INVALID (SGLang aborts it) rather than with a false support. Both of
+    SGLang's paths: the all-greedy batch (argmax, no draw) and greedy rows (top-k 1) among sampled ones."""
+    from sglang.srt.layers.logits_processor import SamplingMaskStatus
+
+    esamp, _ = samplers
+    saved = esamp.runtime
+    config = ESampConfig(beta=2.0, seed=3, rank=8, fit_gate=False, apply_to_greedy=True, greedy_min_p=0.02)
+    lm_head = torch.randn(V, H, generator=torch.Generator().manual_seed(0))
+    esamp.runtime = ESampRuntime(config, Explorer(config, H, lm_head), Taps([2], H, 2, None, None, None))
+    try:
+        request = ExploreRequest(group="g")
+        rids = tuple("abcdef")
+        for rid in rids:
+            esamp.runtime.join(rid, request)
+        gen = torch.Generator().manual_seed(5)
+        logits, hidden = torch.randn(6, V, generator=gen), torch.randn(6, 2 * H, generator=gen)
+        changed = 0
+        greedy = torch.tensor([True] * 6 if all_greedy else [True, True, True, False, False, False])
+        top_ks = torch.where(greedy, 1, 1 << 30).tolist()  # SGLang turns temperature 0 into top_k 1
+        for seed in range(6):
+            info = _info([1.0] * 6, top_ks, [1.0] * 6, [0.0] * 6)
+            assert info.is_all_greedy == all_greedy
+            setattr(info, ROWS_ATTR, BatchRows(rids, (request,) * 6))
+            ids, mask = _run_masked(esamp, info, logits, hidden, seed)
+            argmax = logits.argmax(-1)
+            if all_greedy:
+                assert torch.equal(mask.token_ids.view(-1), argmax.to(torch.int32))  # SGLang's greedy support
+            moved = greedy & (ids != argmax)
+            want = torch.where(moved, int(SamplingMaskStatus.INVALID), int(SamplingMaskStatus.OK))
+            assert torch.equal(mask.statuses, want.to(mask.statuses.dtype))
+            changed += int(moved.sum())
+        assert changed > 0
+    finally:
+        esamp.runtime = saved
