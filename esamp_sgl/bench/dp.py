@@ -82,7 +82,9 @@ def bench_size(model_path: str, dp_size: int, args: argparse.Namespace, log_dir:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esamp-sgl bench dp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", help="default: the prepared SmolLM2 (esamp-sgl models path)")
+    from esamp_sgl.launch.registry import add_model_arguments
+
+    add_model_arguments(parser, "model folder (default: the prepared SmolLM2, esamp-sgl models path)")
     parser.add_argument("--dp-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=4)
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory for dp.json and the server logs")
     args = parser.parse_args(argv)
 
-    from esamp_sgl.launch.models import prepare_model
+    from esamp_sgl.launch.registry import resolve_args
 
-    model_path = args.model_path or str(prepare_model())
+    model_path = str(resolve_args(args))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = [bench_size(model_path, d, args, out_dir) for d in args.dp_sizes]

@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an already running server started with --sampling-backend esamp "
                                       "(default: start one on the bundled model)")
-    parser.add_argument("--model-path", help="model for the server(s) this command starts")
+    from esamp_sgl.launch.registry import add_model_arguments
+
+    add_model_arguments(parser, "model folder for the server(s) this command starts")
     parser.add_argument("--stock-server", action="store_true",
                         help="also start a separate stock server (pytorch on CPU, flashinfer on GPU) "
                              "and add the stock_server arm")
@@ -267,18 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--arms stock_server needs --stock-server or --stock-url")
     workload = dict(prompts=args.prompts, n=args.n, max_tokens=args.max_tokens, rounds=args.rounds,
                     temperature=args.temperature, min_p=args.min_p, client=args.client, arms=args.arms)
-    from esamp_sgl.launch.models import resolve_model_path
+    from esamp_sgl.launch.registry import resolve_args
     from esamp_sgl.launch.server import SGLangServer, server_or_url
 
     with contextlib.ExitStack() as stack:
         report_extra: dict = {}
         stock_url, stock_pid = args.stock_url, None
-        url, server = stack.enter_context(server_or_url(args.url, lambda: resolve_model_path(args.model_path)))
+        url, server = stack.enter_context(server_or_url(args.url, lambda: resolve_args(args)))
         pid = None if server is None else server.process.pid
         if server is not None:
             report_extra["server_startup_s"] = server.startup_seconds
         if args.stock_server and not stock_url:
-            model = resolve_model_path(args.model_path)
+            model = resolve_args(args)
             backend = args.stock_backend or stock_backend()
             env = None if args.stock_with_plugin else {**os.environ, "SGLANG_PLUGINS": NO_PLUGIN}
             stock = stack.enter_context(SGLangServer(model, sampling_backend=backend, env=env))

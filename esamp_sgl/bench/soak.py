@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esamp-sgl bench soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an already running esamp server (default: start one on loopback)")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for the RSS check")
-    parser.add_argument("--model-path", help="model for the server this starts (default: the prepared one)")
+    from esamp_sgl.launch.registry import add_model_arguments
+
+    add_model_arguments(parser, "model folder for the server this starts (default: the prepared one)")
     parser.add_argument("--requests", type=int, default=200, help="samples in all (default 200)")
     parser.add_argument("--groups", type=int, default=50, help="fork groups (default 50)")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight at most (default 32)")
@@ -218,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
                    explore_fraction=args.explore_fraction, seed=args.seed, time_limit_s=args.time_limit,
                    max_rss_growth_mib=args.max_rss_growth_mib)
     started = time.monotonic()
-    from esamp_sgl.launch.models import prepare_model
+    from esamp_sgl.launch.registry import resolve_args
     from esamp_sgl.launch.server import server_or_url
 
     env = None
     if args.max_groups is not None:
         env = {**os.environ, "ESAMP_SGL_MAX_GROUPS": str(args.max_groups)}
     log = output / "server.log"
-    with server_or_url(args.url, lambda: args.model_path or prepare_model(), log_path=log, env=env,
+    with server_or_url(args.url, lambda: resolve_args(args), log_path=log, env=env,
                        extra_args=["--random-seed", str(args.seed)]) as (url, server):
         where = (dict(server_pid=args.server_pid) if server is None
                  else dict(server_pid=server.process.pid, server_log=log))

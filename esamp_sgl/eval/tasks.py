@@ -22,6 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from esamp_sgl.eval.public_tasks import HUMANEVAL_STOP, gsm8k_tasks, humaneval_tasks
+
 CREATIVE_PROMPTS = (
     "Invent a name and a one-line description for a new board game.",
     "Write the first sentence of a story about a lighthouse keeper.",
@@ -222,7 +224,12 @@ TASK_DEFAULTS = {
     "arithmetic": TaskDefaults(max_tokens=8, min_max_tokens=1, stop=("\n",), chat=False),  # few-shot completion
     # a worked solution plus its 'Answer:' line; the chat model ends it with its end-of-turn token
     "worked": TaskDefaults(max_tokens=64, min_max_tokens=32, stop=None, chat=True),
+    # public benchmarks (esamp_sgl.eval.public_tasks): a worked solution ending in \boxed{N}; a function
+    # body continued from HumanEval's prompt, cut where a new top-level statement starts
+    "gsm8k": TaskDefaults(max_tokens=256, min_max_tokens=32, stop=None, chat=True),
+    "humaneval": TaskDefaults(max_tokens=384, min_max_tokens=16, stop=HUMANEVAL_STOP, chat=False),
 }
+PUBLIC_TASKS = ("gsm8k", "humaneval")
 GENERATED_TASKS = tuple(TASK_DEFAULTS)
 # How an answer task's text becomes its number: the last number (the verifiers' default) or the
 # number after the last 'Answer:' line (worked solutions).
@@ -256,10 +263,14 @@ def load_prompts(spec: str) -> list[str]:
     return prompts
 
 
-def load_tasks(spec: str, count: int = 40, difficulty: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-    """'arithmetic' or 'worked' (generated) or a JSONL file with `prompt` and `answer` (exact number)
+def load_tasks(spec: str, count: int = 40, difficulty: int = 3, seed: int = 0,
+               split: str = "dev") -> list[dict[str, Any]]:
+    """'arithmetic' or 'worked' (generated), 'gsm8k' or 'humaneval' (the first `count` of `split`,
+    esamp_sgl.eval.public_tasks) or a JSONL file with `prompt` and `answer` (exact number)
     or `tests` (a list of Python test snippets for the sandboxed code verifier); an answer task may
     set "extract": "answer_line" to be verified by `extract_worked_answer`."""
+    if spec in PUBLIC_TASKS:
+        return {"gsm8k": gsm8k_tasks, "humaneval": humaneval_tasks}[spec](count, split)  # type: ignore[arg-type]
     if spec in GENERATED_TASKS:
         return {"arithmetic": arithmetic_tasks, "worked": worked_tasks}[spec](count, difficulty, seed)
     path = Path(spec)

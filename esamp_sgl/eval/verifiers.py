@@ -148,7 +148,9 @@ def extract_code(answer: str) -> str:
 class PythonTestsVerifier:
     """Run the answer's code with `tests` (snippets such as "assert add(2, 3) == 5") in the sandbox."""
 
-    def __init__(self, tests: Sequence[str], limits: SandboxLimits | None = None) -> None:
+    def __init__(self, tests: Sequence[str], limits: SandboxLimits | None = None, prefix: str = "") -> None:
+        """`prefix`: for completion tasks (HumanEval), the prompt the answer continues; the code run is
+        then `prefix + answer` as is, with no fenced block extracted."""
         if isinstance(tests, str) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
             raise ValueError("tests must be a non-empty list of non-empty Python snippets")
         for index, test in enumerate(tests):
@@ -158,9 +160,11 @@ class PythonTestsVerifier:
                 raise ValueError(f"tests[{index}] is not valid Python: {exc}") from None
         self.tests = list(tests)
         self.limits = limits or SandboxLimits()
+        self.prefix = prefix
 
     def __call__(self, answer: str) -> Verdict:
-        result = run_python_tests(extract_code(answer), self.tests, self.limits)
+        code = self.prefix + answer if self.prefix else extract_code(answer)
+        result = run_python_tests(code, self.tests, self.limits)
         passed = sum(result.passed)
         first_error = next((e for e in result.errors if e), "")
         detail = f"{passed}/{len(self.tests)} tests passed ({result.status})"

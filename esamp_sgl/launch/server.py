@@ -26,6 +26,8 @@ import requests
 # with 0.05 a server that starts while another process allocates (a second server loading) fails its
 # check "Loaded weights leave no GPU memory for the KV cache". So ask for a safe fraction and cap the
 # KV cache by tokens instead (32768 tokens = 0.75 GB for SmolLM2-135M), as parallel.py does per rank.
+# These are the default model's; a model prepared from the registry brings its own
+# (`esamp_sgl.launch.registry.MODELS[...].cpu`, looked up from the folder's marker).
 CPU_MEM_FRACTION = 0.2
 CPU_MAX_TOTAL_TOKENS = 32768
 
@@ -42,16 +44,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _cpu_serving(model_path: str | os.PathLike | None) -> tuple[float, int]:
+    from esamp_sgl.launch.registry import cpu_serving_for
+
+    flags = cpu_serving_for(model_path)
+    return flags.mem_fraction_static, flags.max_total_tokens
+
+
 # --sleep-on-idle: an idle scheduler otherwise busy-polls its sockets and takes a whole core, which
 # on a 2-core machine halves the throughput of everything else (a second server, the client, tests).
-def cpu_server_args() -> list[str]:
-    return ["--device", "cpu", "--attention-backend", "torch_native", "--mem-fraction-static", str(CPU_MEM_FRACTION),
-            "--max-total-tokens", str(CPU_MAX_TOTAL_TOKENS), "--sleep-on-idle"]
+def cpu_server_args(model_path: str | os.PathLike | None = None) -> list[str]:
+    """CPU flags for a server on `model_path` (its registry entry's KV fraction and token cap)."""
+    fraction, tokens = _cpu_serving(model_path)
+    return ["--device", "cpu", "--attention-backend", "torch_native", "--mem-fraction-static", str(fraction),
+            "--max-total-tokens", str(tokens), "--sleep-on-idle"]
 
 
-def cpu_engine_kwargs() -> dict[str, Any]:
-    return {"device": "cpu", "attention_backend": "torch_native", "mem_fraction_static": CPU_MEM_FRACTION,
-            "max_total_tokens": CPU_MAX_TOTAL_TOKENS, "sleep_on_idle": True}
+def cpu_engine_kwargs(model_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    fraction, tokens = _cpu_serving(model_path)
+    return {"device": "cpu", "attention_backend": "torch_native", "mem_fraction_static": fraction,
+            "max_total_tokens": tokens, "sleep_on_idle": True}
+
+
+def cpu_threads_env(env: dict[str, str], model_path: str | os.PathLike | None) -> dict[str, str]:
+    """`env` with OMP_NUM_THREADS set to the model's measured default, unless the caller set it."""
+    from esamp_sgl.launch.registry import cpu_serving_for
+
+    threads = cpu_serving_for(model_path).omp_threads
+    if threads is not None and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def server_env(base: dict[str, str] | None = None, on_cpu: bool | None = None) -> dict[str, str]:
@@ -94,12 +116,14 @@ class SGLangServer:
         self.port = port or free_port(host)
         self.on_cpu = (not cuda_available()) if on_cpu is None else on_cpu
         self.env = server_env(env, self.on_cpu)
+        if self.on_cpu:
+            cpu_threads_env(self.env, self.model_path)
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="sglang-server-", suffix=".log")[1])
         self.args = [
             str(python or sys.executable), "-m", "sglang.launch_server",
             "--model-path", self.model_path, "--host", host, "--port", str(self.port),
-            *(cpu_server_args() if self.on_cpu else []),
+            *(cpu_server_args(self.model_path) if self.on_cpu else []),
             *(["--sampling-backend", sampling_backend] if sampling_backend else []),
             *extra_args,
         ]
@@ -189,9 +213,10 @@ def open_engine(model_path: str | os.PathLike, **kwargs: Any) -> Iterator[Any]:
     on_cpu = not cuda_available()
     if on_cpu:
         os.environ["SGLANG_USE_CPU_ENGINE"] = "1"
+        cpu_threads_env(os.environ, model_path)  # type: ignore[arg-type]  # before torch starts its pool
     import sglang
 
-    options = {**(cpu_engine_kwargs() if on_cpu else {}), "log_level": "warning", **kwargs}
+    options = {**(cpu_engine_kwargs(model_path) if on_cpu else {}), "log_level": "warning", **kwargs}
     engine = sglang.Engine(model_path=str(model_path), **options)
     try:
         yield engine
