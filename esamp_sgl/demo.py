@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import textwrap
@@ -24,7 +25,8 @@ DEFAULT_PROMPTS = (
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from esamp_sgl.core.config import DEFAULT_RULE, FIELDS
+    from esamp_sgl.core.config import FIELDS
+    from esamp_sgl.core.profiles import DEFAULT_PROFILE, PROFILES, profile_names
 
     parser.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                         help="a user prompt (repeatable); default: two short creative prompts")
@@ -33,12 +35,18 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, both arms (default 1.0)")
     parser.add_argument("--min-p", type=float, default=0.05, help="min-p filter, both arms (default 0.05)")
     parser.add_argument("--top-p", type=float, default=1.0, help="top-p filter, both arms (default 1.0 = off)")
-    parser.add_argument("--beta", type=float, default=1.0,
-                        help=f"ESamp strength β for the ESamp arm, {FIELDS['beta'].accepts()} (default 1.0)")
-    parser.add_argument("--rule", choices=("contrastive", "compensated"), default=DEFAULT_RULE,
-                        help="ESamp reweighting rule (default compensated, the server default; "
-                             "contrastive = the paper's)")
-    parser.add_argument("--model-path", help="any HF model folder (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--profile", choices=profile_names(), default=DEFAULT_PROFILE,
+                        help=f"the ESamp profile the engine runs (default {DEFAULT_PROFILE}, the server default; "
+                             "`paper` = the paper's method; `esamp-sgl profiles` lists them)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help=f"ESamp strength β for the ESamp arm, {FIELDS['beta'].accepts()} (default: the "
+                             f"profile's, {DEFAULT_PROFILE} {PROFILES[DEFAULT_PROFILE]['beta']:g})")
+    parser.add_argument("--rule", choices=("contrastive", "compensated", "noise"), default=None,
+                        help=f"ESamp reweighting rule (default: the profile's, {DEFAULT_PROFILE} "
+                             f"{PROFILES[DEFAULT_PROFILE]['rule']}; contrastive = the paper's)")
+    from esamp_sgl.launch.registry import add_model_arguments
+
+    add_model_arguments(parser, "any HF model folder (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE")
 
 
@@ -58,7 +66,9 @@ def _arm(engine, tokenizer, prompt_ids, args, explore: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"n": args.n, "max_new_tokens": args.max_tokens, "temperature": args.temperature,
                               "min_p": args.min_p, "top_p": args.top_p}
     if explore:
-        params["custom_params"] = {"esamp": True, "esamp_beta": args.beta, "esamp_rule": args.rule}
+        params["custom_params"] = {"esamp": True, "esamp_profile": args.profile,
+                                   **({"esamp_beta": args.beta} if args.beta is not None else {}),
+                                   **({"esamp_rule": args.rule} if args.rule is not None else {})}
     started = time.monotonic()
     outs = engine.generate(input_ids=prompt_ids, sampling_params=params)
     seconds = time.monotonic() - started
@@ -103,7 +113,7 @@ def _telemetry_line(t: dict | None) -> str:
         return "esamp telemetry: none (the server did not report any)"
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
-    return (f"esamp telemetry: group {t['group']} · steps trained {t.get('steps_trained')} · "
+    return (f"esamp telemetry: profile {t.get('profile')} · group {t['group']} · steps trained {t.get('steps_trained')} · "
             f"mean loss {f(t.get('mean_loss'))} · mean novelty {f(t.get('mean_novelty'))} · "
             f"tokens reweighted {t.get('tokens_reweighted')} · R² {f(t.get('r2'))} · corr(d,z) {f(t.get('corr_d_z'))}")
 
@@ -124,24 +134,26 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     # traceback. The progress bar needs no cross-process lock: a thread lock creates no semaphore.
     tqdm.set_lock(threading.RLock())
 
-    from esamp_sgl.launch.models import resolve_model_path
+    from esamp_sgl.launch.registry import resolve_args
     from esamp_sgl.launch.server import open_engine
 
     for name, value, lo, hi in (("--n", args.n, 1, 64), ("--max-tokens", args.max_tokens, 1, 4096)):
         if not lo <= value <= hi:
             raise SystemExit(f"esamp-sgl demo: {name} must be in [{lo}, {hi}], got {value}")
     prompts = args.prompts or list(DEFAULT_PROMPTS)
-    model_path = resolve_model_path(args.model_path)
+    model_path = resolve_args(args)  # --model NAME (prepared on first use) or --model-path
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     width = shutil.get_terminal_size((120, 40)).columns
     report: dict[str, Any] = {"model": str(model_path), "settings": {
-        k: getattr(args, k) for k in ("n", "max_tokens", "temperature", "min_p", "top_p", "beta", "rule")},
+        k: getattr(args, k) for k in ("profile", "n", "max_tokens", "temperature", "min_p", "top_p", "beta", "rule")},
         "prompts": []}
     print(f"starting SGLang (embedded engine, --sampling-backend esamp) on {model_path} ...", file=sys.stderr)
     from esamp_sgl.launch.models import model_note
 
     if model_note(model_path):
         print(model_note(model_path))
+    # The engine's scheduler reads its profile from the environment (runtime_patch/settings.py).
+    os.environ["ESAMP_SGL_PROFILE"] = args.profile
     with open_engine(model_path, sampling_backend="esamp") as engine:
         progress = tqdm(total=2 * len(prompts), desc="sampling", unit="set", file=sys.stderr)
         for prompt in prompts:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest
+from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest, check_request_profile
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
 from runtime_patch.runtime import ESampRuntime
@@ -122,8 +122,10 @@ def warm_start_on_extend(original, processor, input_ids, hidden_states, lm_head,
             try:
                 runtime.warm_start_from_extend(
                     rows, list(lens), lambda start, n: prompt_positions(aux, hidden_states, start, n))
-            except Exception:  # a warm start must never take the forward down
-                logger.exception("esamp: prefill warm start failed; the group starts from init (gate shut)")
+            except Exception:  # a warm start must never take the forward down; counted in telemetry
+                runtime.warm_start_failures += 1
+                logger.exception("esamp: prefill warm start failed (%d so far); the group starts from init "
+                                 "(gate shut)", runtime.warm_start_failures)
     return original(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs)
 
 
@@ -194,8 +196,11 @@ def _check_custom_params_shape(params) -> None:
 
 def validate_custom_params(result, sampling_params, *args, **kwargs):
     """AFTER SamplingParams.verify (tokenizer process)."""
+    from runtime_patch.grouping import tokenizer_grouping
+
     _check_custom_params_shape(sampling_params.custom_params)
-    ExploreRequest.from_custom_params(sampling_params.custom_params)  # raises ValueError -> 400
+    request = ExploreRequest.from_custom_params(sampling_params.custom_params)  # raises ValueError -> 400
+    check_request_profile(request, tokenizer_grouping().config)  # the server's settings, read once
     return result
 
 

@@ -61,6 +61,8 @@ class ESampRuntime:
         self.members: dict[str, Member] = {}  # rid -> membership
         self.prompt_pairs = PromptPairs(config.warm_start_prompts, config.warm_start_max_positions)
         self.steps = 0
+        # Prefill warm starts that raised (e.g. out of memory): those groups start from init, gate shut.
+        self.warm_start_failures = 0
         self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
         # Online weight updates seen (runtime_patch/weight_sync.py) and a fingerprint of the LM head
         # that `d` is computed from, so a client can see that the backend follows the new weights.
@@ -198,6 +200,7 @@ class ESampRuntime:
             "stock_groups": self.explorer.groups.stock_groups,
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
+            "warm_start_failures": self.warm_start_failures,
             "dp_rank": self.dp_rank,
             "weight_updates": self.weight_updates,
             "lm_head_norm": self.lm_head_norm,

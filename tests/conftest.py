@@ -69,12 +69,13 @@ def _run_identity_probe(server) -> list[list[int]]:
     return outputs
 
 
-def _server(model_path: Path, backend: str, tmp_path_factory):
+def _server(model_path: Path, backend: str, tmp_path_factory, env: dict[str, str] | None = None):
     from esamp_sgl.launch.server import SGLangServer
 
-    log = tmp_path_factory.mktemp("server") / f"sglang-{backend}.log"
+    name = backend + "".join(f"-{v}" for v in (env or {}).values())
+    log = tmp_path_factory.mktemp("server") / f"sglang-{name}.log"
     # Small prefill chunks: the warm-start tests see a prompt computed over several forwards.
-    server = SGLangServer(model_path, sampling_backend=backend, log_path=log,
+    server = SGLangServer(model_path, sampling_backend=backend, log_path=log, env=env,
                           extra_args=["--random-seed", str(SERVER_SEED), "--chunked-prefill-size", "64"])
     server.start()
     try:
@@ -97,5 +98,13 @@ def stock_server(model_path: Path, tmp_path_factory):
 def esamp_server(model_path: Path, tmp_path_factory):
     """A real SGLang server on CPU started with the unmodified CLI and `--sampling-backend esamp`."""
     server = _server(model_path, "esamp", tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def paper_server(model_path: Path, tmp_path_factory):
+    """An `esamp` server running the paper's profile (ESAMP_SGL_PROFILE=paper)."""
+    server = _server(model_path, "esamp", tmp_path_factory, env={"ESAMP_SGL_PROFILE": "paper"})
     yield server
     server.stop()

@@ -6,12 +6,15 @@ V 49152, for the CPU path and for the CUDA code path run on CPU ("static"); with
 the GPU shapes R ∈ {64, 256}, H ∈ {896, 3584}, V 152064.
 
     python -m esamp_sgl.bench.core [--rows 8 64] [--hidden 576 3584] [--vocab 49152 152064]
-                                   [--repeats 7] [--train-modes] [--device cpu|cuda]
+                                   [--repeats 7] [--profiles bounded paper] [--device cpu|cuda]
                                    [--no-counts] [--baseline-counts before.json] [--output out.json]
 
 Workload (synthetic, fixed seed): `rows` decode rows in groups of 8 samples (one bank slot per
-group), temperature 0.8, top-p 0.95, min-p 0.05, no top-k; logits = N(0, 2²) noise plus 20
-boosted tokens per row, so a few tokens dominate as in an LLM. The stock sampler is SGLang's
+group); logits = N(0, 2²) noise plus 20 boosted tokens per row, so a few tokens dominate as in an
+LLM. Each profile (esamp_sgl/core/profiles.py) is measured with its own Distiller, optimiser and rule,
+and with the sampling it is meant for: a profile with latent mixing (`paper`) at the paper's T 1
+without truncation (the latent path), the others at temperature 0.8, top-p 0.95, min-p 0.05 (the
+candidate path). The stock sampler is SGLang's
 torch sampler semantics (full sort per row). `stock_ms` = stock sampler alone; `esamp_step_ms` =
 the whole explore_step, which includes the stock draw; `components_ms` times the pieces alone.
 """
@@ -30,10 +33,10 @@ from typing import Callable
 import torch
 
 from esamp_sgl.core.candidates import stock_sample
-from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.profiles import profile_names
 from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
-from esamp_sgl.bench.opcount import step_counts
+from esamp_sgl.bench.opcount import bench_config, step_counts, unfiltered
 from esamp_sgl.core.plan import plan_groups
 from esamp_sgl.core.step import StepBatch, candidates, explore_step, row_filters
 
@@ -60,34 +63,40 @@ def _median(xs: list[float]) -> float:
     return round(statistics.median(xs), 3)
 
 
-def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int) -> StepBatch:
+def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int,
+              plain: bool = False, rule: str = "compensated") -> StepBatch:
+    """`plain`: T 1, no top-p/min-p (the paper's sampling); else T 0.8, top-p 0.95, min-p 0.05."""
     gen = torch.Generator().manual_seed(seed)
-    temps = torch.full((rows,), 0.8)
+    temps = torch.full((rows,), 1.0 if plain else 0.8)
     logits = torch.randn(rows, vocab, generator=gen) * 2.0
     peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
     logits.scatter_add_(1, peaks, torch.rand(rows, 20, generator=gen) * 8 + 4)
     scaled = (logits / temps[:, None]).to(DEVICE)
     return StepBatch(
         logits=scaled, temperatures=temps.to(DEVICE), top_k=torch.full((rows,), 1 << 30, device=DEVICE),
-        top_p=torch.full((rows,), 0.95, device=DEVICE), min_p=torch.full((rows,), 0.05, device=DEVICE),
+        top_p=torch.full((rows,), 1.0 if plain else 0.95, device=DEVICE),
+        min_p=torch.full((rows,), 0.0 if plain else 0.05, device=DEVICE),
         is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE), slots=slots.to(DEVICE),
-        betas=torch.full((rows,), 0.5, device=DEVICE), source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
+        betas=torch.full((rows,), 0.5, device=DEVICE), rules=rule, source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
         target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
         probs=torch.softmax(scaled, dim=-1),
         groups=plan_groups(slots.tolist(), None, DEVICE))  # the engine's host plan
 
 
-def _explorer(rows: int, hidden: int, vocab: int, train_mode: str = "auto") -> tuple[Explorer, torch.Tensor]:
+def _explorer(rows: int, hidden: int, vocab: int, profile: str = "bounded") -> tuple[Explorer, torch.Tensor]:
     w = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(1)) * 0.02
-    cfg = ESampConfig(max_groups=64, rank=min(64, hidden), train_mode=train_mode)
+    # A bank of exactly the groups in use: a paper Distiller at H 3584 is 66 MB of fp32 state per slot.
+    cfg = bench_config(profile, hidden, max_groups=-(-rows // GROUP_SIZE))
     ex = Explorer(cfg, hidden, w.to(DEVICE), device=DEVICE)
     slots = torch.tensor([ex.acquire_group(f"g{i // GROUP_SIZE}") for i in range(rows)], device=DEVICE)
     return ex, slots
 
 
-def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
-    ex, slots = _explorer(rows, hidden, vocab)
-    batch = _workload(rows, hidden, vocab, slots, seed=rows * 7 + hidden + vocab)
+def bench_case(rows: int, hidden: int, vocab: int, repeats: int, profile: str = "bounded") -> dict:
+    ex, slots = _explorer(rows, hidden, vocab, profile)
+    plain = unfiltered(ex.config)
+    batch = _workload(rows, hidden, vocab, slots, seed=rows * 7 + hidden + vocab, plain=plain,
+                      rule=ex.config.rule)
     gen = torch.Generator(device=DEVICE).manual_seed(0)
 
     def stock() -> torch.Tensor:
@@ -102,6 +111,8 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
     for _ in range(repeats):
         stock_ms.append(_ms(stock))
         step_ms.append(_ms(lambda: explore_step(ex, batch, stock)))
+        if plain:  # the latent path has no candidate pieces to time alone
+            continue
         # The pieces alone, in the step's order.
         ex.trainer.wait()
         out: dict = {}
@@ -121,50 +132,55 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int) -> dict:
                                            ex.trainer.wait())))
     ex.close()
     s, e = _median(stock_ms), _median(step_ms)
-    return {"rows": rows, "hidden": hidden, "vocab": vocab, "groups": len(set(slots.tolist())),
-            "mean_candidates": round(statistics.mean(n_cand), 1),
+    return {"profile": profile, "path": "latent" if plain else "candidates",
+            "rows": rows, "hidden": hidden, "vocab": vocab, "groups": len(set(slots.tolist())),
+            "mean_candidates": round(statistics.mean(n_cand), 1) if n_cand else None,
             "stock_ms": s, "esamp_step_ms": e, "extra_ms": round(e - s, 3),
             "ratio": round(e / s, 3) if s > 0 else None,
-            "components_ms": {k: _median(v) for k, v in parts.items()}}
+            "components_ms": {k: _median(v) for k, v in parts.items() if v}}
 
 
 def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: list[int],
-                   repeats: int = 7) -> dict:
+                   repeats: int = 7, profiles: tuple[str, ...] = ("bounded",)) -> dict:
     cases = []
-    for hidden in hidden_list:
-        for vocab in vocab_list:
-            for rows in rows_list:
-                cases.append(bench_case(rows, hidden, vocab, repeats))
+    for profile in profiles:
+        for hidden in hidden_list:
+            for vocab in vocab_list:
+                for rows in rows_list:
+                    cases.append(bench_case(rows, hidden, vocab, repeats, profile))
     return {"device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "repeats": repeats,
-            "workload": "T=0.8, top-p 0.95, min-p 0.05, groups of 8 rows, beta 0.5, rank 64",
+            "workload": "groups of 8 rows, beta 0.5; latent-mixing profiles at T 1 without truncation, "
+                        "the others at T 0.8, top-p 0.95, min-p 0.05",
             "cases": cases}
 
 
 def run_counts(device: torch.device, rows_list: list[int] | None = None,
                hidden_list: list[int] | None = None, vocab: int | None = None,
-               group_size: int = 8, on_case: Callable[[dict], None] | None = None) -> list[dict]:
-    """Ops and bytes per step (opcount.step_counts) at the issue's shapes for this device."""
+               group_size: int = 8, on_case: Callable[[dict], None] | None = None,
+               profiles: tuple[str, ...] = ("bounded",)) -> list[dict]:
+    """Ops and bytes per step (opcount.step_counts) at the issue's shapes for this device, per profile."""
     cuda = device.type == "cuda"
     rows_list = rows_list or ([64, 256] if cuda else [256])
     hidden_list = hidden_list or ([896, 3584] if cuda else [576])
     vocab = vocab or (152064 if cuda else 49152)
     paths = ["static"] if cuda else ["cpu", "static"]
     out = []
-    for hidden in hidden_list:
-        for rows in rows_list:
-            for path in paths:
-                out.append(_count_summary(step_counts(rows, group_size, hidden, vocab, path,
-                                                      device=device)))
-                if on_case is not None:
-                    on_case(out[-1])
+    for profile in profiles:
+        for hidden in hidden_list:
+            for rows in rows_list:
+                for path in paths:
+                    out.append(_count_summary(step_counts(rows, group_size, hidden, vocab, path,
+                                                          device=device, profile=profile)))
+                    if on_case is not None:
+                        on_case(out[-1])
     return out
 
 
 def _count_summary(c: dict) -> dict:
     """A compact record: totals, and the top ops/bytes of the whole step."""
     keep = ("ops", "views", "bytes_written", "host_reads")
-    return {**{k: c[k] for k in ("rows", "groups", "hidden", "vocab", "rank", "path", "device")},
+    return {**{k: c[k] for k in ("profile", "rows", "groups", "hidden", "vocab", "rank", "path", "device")},
             "step": {k: c["step"][k] for k in keep}, "train": {k: c["train"][k] for k in keep},
             "step_top_bytes": c["step"]["top_bytes"], "train_top_bytes": c["train"]["top_bytes"],
             **({"phases": c["phases"]} if "phases" in c else {})}
@@ -173,14 +189,15 @@ def _count_summary(c: dict) -> dict:
 def compare_counts(after: list[dict], before: list[dict]) -> list[dict]:
     """before → after per (rows, hidden, path): ops and bytes, and the ratio before/after."""
     def key(c: dict) -> tuple:
-        return c["rows"], c["hidden"], c["vocab"], c["path"]
+        return c.get("profile", "bounded"), c["rows"], c["hidden"], c["vocab"], c["path"]
     old = {key(c): c for c in before}
     out = []
     for c in after:
         b = old.get(key(c))
         if b is None:
             continue
-        row = {"rows": c["rows"], "groups": c["groups"], "hidden": c["hidden"], "path": c["path"]}
+        row = {"profile": c.get("profile", "bounded"), "rows": c["rows"], "groups": c["groups"],
+               "hidden": c["hidden"], "path": c["path"]}
         for part in ("step", "train"):
             for k in ("ops", "bytes_written", "host_reads"):
                 row[f"{part}_{k}"] = [b[part][k], c[part][k]]
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab", type=int, nargs="+", default=[49152, 152064])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--profiles", nargs="+", default=["bounded", "paper"], choices=profile_names(),
+                   help="profiles to measure (default: bounded paper)")
     p.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True,
                    help="ops and bytes per step at the issue's shapes (default on)")
     p.add_argument("--count-rows", type=int, nargs="+", help="default: 256 (cpu), 64 256 (cuda)")
@@ -221,14 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.counts:  # first: deterministic, and the GPU check wants them even if timing runs out
         result["counts"] = []
         run_counts(DEVICE, args.count_rows, args.count_hidden, args.count_vocab,
-                   on_case=lambda c: (result["counts"].append(c), flush()))
+                   on_case=lambda c: (result["counts"].append(c), flush()), profiles=tuple(args.profiles))
         if args.baseline_counts:
             before = [_count_summary(c) for c in json.loads(Path(args.baseline_counts).read_text())]
             result["counts_before"] = before
             result["counts_before_after"] = compare_counts(result["counts"], before)
         flush()
     if not args.no_timing:
-        result.update(run_core_bench(args.rows, args.hidden, args.vocab, args.repeats))
+        result.update(run_core_bench(args.rows, args.hidden, args.vocab, args.repeats, tuple(args.profiles)))
         flush()
     print(json.dumps(result, indent=1))
 

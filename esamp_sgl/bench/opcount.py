@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from esamp_sgl.core.config import ESampConfig
+
 try:  # the host-side plan; absent in the code before it (the "before" count)
     from esamp_sgl.core.plan import plan_groups
 except ImportError:  # pragma: no cover - only for counting an older checkout
@@ -121,9 +123,19 @@ def count(fn: Callable[[], object]) -> dict:
     return c.report()
 
 
+def unfiltered(cfg: ESampConfig) -> bool:
+    """The profile's workload: T 1 without truncation when it mixes in latent space (the paper's setting)."""
+    return cfg.latent_mixing
+
+
+def bench_config(profile: str, hidden: int, **kw) -> ESampConfig:
+    """The profile at this shape: a low-rank rank is capped at the hidden size."""
+    cfg = ESampConfig(profile=profile, **kw)
+    return cfg.model_copy(update={"rank": min(cfg.rank, hidden)}) if cfg.distiller == "lowrank" else cfg
+
+
 def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank: int,
-           device: torch.device, seed: int = 0):
-    from esamp_sgl.core.config import ESampConfig
+           device: torch.device, seed: int = 0, profile: str = "bounded"):
     from esamp_sgl.core.explorer import Explorer
     from esamp_sgl.core.step import StepBatch
 
@@ -134,7 +146,10 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     else:
         w = (torch.randn(vocab, hidden, generator=gen) * 0.02).to(torch.bfloat16)
     groups = -(-rows // group_size)
-    cfg = ESampConfig(max_groups=max(64, groups), rank=min(rank, hidden), fit_gate=False)
+    cfg = bench_config(profile, hidden, max_groups=groups, fit_gate=False)  # a bank of the groups in use
+    if cfg.distiller == "lowrank":
+        cfg = cfg.model_copy(update={"rank": min(rank, hidden)})
+    plain = unfiltered(cfg)  # the paper's sampling (T 1, no truncation): the latent path
     ex = Explorer(cfg, hidden, w.to(device), device=device)
     if path == "static":  # the CUDA code path, run on this device
         ex.trim_candidates = False
@@ -147,15 +162,18 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     logits = torch.randn(rows, vocab, generator=gen) * 2.0
     peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
     logits.scatter_add_(1, peaks, torch.rand(rows, 20, generator=gen) * 8 + 4)
-    scaled = (logits / 0.8).to(device)
+    temp = 1.0 if plain else 0.8
+    scaled = (logits / temp).to(device)
     kw = {}
     if plan_groups is not None and path == "static":
         kw["groups"] = plan_groups(slot_list, None, device)  # what the engine's plan() hands over
     batch = StepBatch(
-        logits=scaled, temperatures=torch.full((rows,), 0.8, device=device),
-        top_k=torch.full((rows,), 1 << 30, device=device), top_p=torch.full((rows,), 0.95, device=device),
-        min_p=torch.full((rows,), 0.05, device=device), is_greedy=torch.zeros(rows, dtype=torch.bool, device=device),
-        slots=slots, betas=torch.full((rows,), 1.0, device=device),
+        logits=scaled, temperatures=torch.full((rows,), temp, device=device),
+        top_k=torch.full((rows,), 1 << 30, device=device),
+        top_p=torch.full((rows,), 1.0 if plain else 0.95, device=device),
+        min_p=torch.full((rows,), 0.0 if plain else 0.05, device=device),
+        is_greedy=torch.zeros(rows, dtype=torch.bool, device=device),
+        slots=slots, betas=torch.full((rows,), 1.0, device=device), rules=cfg.rule,
         source=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16),
         target=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16), any_active=True,
         probs=torch.softmax(scaled, dim=-1), **kw)
@@ -163,13 +181,14 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
 
 
 def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: int = 49152,
-                path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu") -> dict:
+                path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu",
+                profile: str = "bounded") -> dict:
     """Counts for one whole ESamp step (explore_step minus the stock draw, which is stock's cost)
     and for its training step alone, after two warm-up steps."""
     from esamp_sgl.core.step import explore_step
 
     device = torch.device(device)
-    ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device)
+    ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device, profile=profile)
     stock_tokens = batch.probs.argmax(-1)
     for _ in range(2):
         explore_step(ex, batch, lambda: stock_tokens)
@@ -182,10 +201,10 @@ def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: 
     has_slot = batch.slots >= 0
     train = count(lambda: (ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot,
                                                **train_kw), ex.trainer.wait()))
-    phases = _phase_counts(ex, batch) if path == "static" else None
+    phases = _phase_counts(ex, batch) if path == "static" and not ex.config.latent_mixing else None
     ex.close()
-    out = {"rows": rows, "groups": len(set(slot_list)), "hidden": hidden, "vocab": vocab,
-           "rank": min(rank, hidden), "path": path, "device": str(device),
+    out = {"profile": profile, "rows": rows, "groups": len(set(slot_list)), "hidden": hidden, "vocab": vocab,
+           "rank": ex.config.rank, "path": path, "device": str(device),
            "step": step, "train": train}
     if phases is not None:
         out["phases"] = phases

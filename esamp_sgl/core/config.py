@@ -5,25 +5,14 @@ Every field is validated by hand so that an error names the field as users spell
 ``esamp_beta must be a finite number in [0, 10], got nan``. pydantic's ValidationError is a
 ValueError, so callers can catch ValueError.
 
-Defaults and why:
-* rule = 'compensated', beta = 1.0: chosen from the evaluation in docs/results.md (SmolLM2-135M, CPU,
-  12 creative prompts x n=8 x 32 tokens x 2 replicates, min-p 0.05, T=1; `esamp-sgl eval diversity`).
-  Vendi gain at matched NLL over the stock min-p temperature curve: compensated β=1 +0.74 ± 0.17
-  (wins 92 % of prompts), compensated β=3 +0.89 ± 0.15 (100 %), contrastive β=1 +0.84 ± 0.16 (100 %)
-  — within noise of each other — but compensated β=1 has half the within-sample 3-gram repetition
-  of the other two (0.034 vs 0.071/0.074), the highest distinct-2 and on-topic similarity of the
-  three, and, not sharpening, leaves the user's temperature meaning what it says. The contrastive
-  rule's sharpening also cost the most answer diversity in pass@k (distinct answers 3.7 vs 8.4 for
-  stock). The earlier default (contrastive β=0.5) came from the probes, before this evaluation.
-* source_layer = 2: the residual stream entering layer 2 (= output of decoder layer 1). It depends
-  on the context, unlike the reference's first-layer input-norm output, which for RoPE models is a
-  function of the current token id alone; it is what the probes used ("layer-1 source"), and
-  the probes found the embedding-level source worse.
-* target_site = 'final_norm': the normalised state that feeds the LM head, so d = W_U·ĥ is on the
-  same scale as the model's logits. 'last_input_norm' reproduces the reference.
-* optimizer Adam, lr 1e-3, one step per decode step: the reference's and the probes' setting.
-* prefill / SVD warm starts off: probe 2 found that a warm start makes d more accurate but does not
-  improve diversity (mixed sign, not significant); they stay one flag away.
+Defaults: a config starts from a named profile (esamp_sgl/core/profiles.py: `paper`, `reference`,
+`bounded`; `profile`, default DEFAULT_PROFILE) and fields given explicitly override it. The class
+defaults of the method fields are the default profile's values; docs/profiles.md and docs/results.md say where each
+profile comes from and what it measured. `bounded`'s choices, in short: the compensated rule at β 1 (no
+(1+β) sharpening; half the 3-gram repetition of the contrastive rule at equal Vendi on 12 creative
+prompts), the residual stream entering layer 2 (context-dependent; the probes found the embedding-level
+source worse), the final-norm target (d on the logits' scale), Adam lr 1e-3, a 50-step prefill warm start
+with the tilt bounded to the model's own spread and gated by the group's measured fit.
 """
 
 from __future__ import annotations
@@ -32,13 +21,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from esamp_sgl.core.profiles import DEFAULT_PROFILE, PROFILE_FIELDS, PROFILES, profile_names
 
 # The rule names come from the rule registry (esamp_sgl/core/rules.py: the ESamp rules contrastive and
 # compensated, and the evaluation's controls and baselines); a rule registered there is accepted here.
 from esamp_sgl.core.rules import rule_names
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# The Distiller's architecture (esamp_sgl/core/architectures.py): `lowrank` = y = LN(x + (xA ⊙ SiLU(xG + c))B),
+# `swiglu` = distiller_blocks residual gated-SwiGLU blocks y = x + W_d(SiLU(W_g x) ⊙ W_u x) (the paper's, 2 blocks).
+DISTILLERS = ("lowrank", "swiglu")
 SOURCE_SITES = ("residual", "first_input_norm")
 TARGET_SITES = ("final_norm", "last_input_norm")
 BACKENDS = ("auto", "torch", "flashinfer")
@@ -48,7 +42,8 @@ TRAIN_MODES = ("auto", "sync", "cuda_stream")
 GROUP_BY_POLICIES = ("request", "prompt")
 
 BETA_MAX = 10.0
-DEFAULT_RULE = "compensated"
+_DEFAULTS = PROFILES[DEFAULT_PROFILE]
+DEFAULT_RULE = _DEFAULTS["rule"]
 # Where each exploring request's telemetry appears: meta_info["esamp"] (and OpenAI metadata["esamp"]).
 TELEMETRY_KEY = "esamp"
 GROUP_KEY_MAX_CHARS = 128
@@ -153,17 +148,26 @@ def _one_of(*allowed: str, doc: str) -> FieldRule:
 # The one table of what each ESampConfig field accepts: the config, the per-request options, the DSL's
 # gen() and the core's own constructors all validate through it (errors name the field as esamp_<field>).
 FIELDS: dict[str, FieldRule] = {
+    "profile": FieldRule("choice", choices=profile_names,
+                         doc="the named bundle of method settings the other fields start from (esamp_sgl/core/profiles.py)"),
     "beta": FieldRule("float", 0.0, BETA_MAX, doc="strength β (requests may override it)"),
     "rule": FieldRule("choice", choices=rule_names,
                       doc="the reweighting rule (requests may override it; esamp_sgl/core/rules.py)"),
-    "rank": FieldRule("int", 1, 8192, doc="the Distiller's rank (at most the model's hidden size)"),
+    "distiller": _one_of(*DISTILLERS, doc="the Distiller's architecture (`swiglu`: the paper's gated SwiGLU blocks)"),
+    "distiller_blocks": FieldRule("int", 1, 8, doc="residual SwiGLU blocks of a `swiglu` Distiller (the paper's: 2)"),
+    "rank": FieldRule("int", 1, 8192, doc="the Distiller's inner width: `lowrank`'s rank (at most the hidden size), "
+                                          "`swiglu`'s intermediate size"),
     "lr": FieldRule("float", 0.0, 1.0, lo_open=True, doc="learning rate of decode-time training"),
     "optimizer": _one_of(*OPTIMIZERS, doc="the Distiller's optimiser"),
+    "adam_eps": FieldRule("float", 0.0, 1.0, lo_open=True, doc="Adam's ε (adam, adamw)"),
+    "grad_clip": FieldRule("float", 0.0, 1e6, doc="clip each group's gradient to this norm per step (0: off)"),
     "weight_decay": FieldRule("float", 0.0, 1.0, doc="weight decay (adamw, sgd)"),
     "train_steps_per_decode": FieldRule("int", 1, 64, doc="optimiser steps per decode step"),
     "training": FieldRule("bool", doc="false: frozen Distillers (predict only; warm starts still apply)"),
-    "tilt_bound": FieldRule("float", 0.0, 10.0, lo_open=True,
-                            doc="a signal's spread over the candidates is at most this x the model's own"),
+    "tilt_bound": FieldRule("float", 0.0, 10.0,
+                            doc="a signal's spread over the candidates is at most this x the model's own (0: unbounded)"),
+    "latent_mixing": FieldRule("bool", doc="rows without top-k/top-p/min-p are mixed in latent space: one "
+                                           "projection of the error, the full vocabulary, no candidate cap"),
     "fit_gate": FieldRule("bool", doc="scale β by the group's measured fit (an unmeasured Distiller leaves tokens stock)"),
     "gate_r2_full": FieldRule("float", 0.0, 1.0, lo_open=True, doc="held-out R² at which the gate is fully open"),
     "gate_window": FieldRule("int", 1, 100_000, doc="steps over which the gate's fit is measured"),
@@ -207,28 +211,38 @@ class ESampConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # The method's fields (PROFILE_FIELDS) start from this profile; fields given explicitly override it.
+    # The method fields default to the default profile's values; `_from_profile` fills in the chosen one's.
+    profile: str = DEFAULT_PROFILE
     # -- the rule --------------------------------------------------------------------------------
-    beta: float = 1.0
-    rule: str = DEFAULT_RULE  # a name in the rule registry (rules.py)
+    beta: float = _DEFAULTS["beta"]
+    rule: str = _DEFAULTS["rule"]  # a name in the rule registry (rules.py)
     # -- the distiller and its optimiser ----------------------------------------------------------
-    rank: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    train_steps_per_decode: int = 1
-    training: bool = True  # False = frozen distiller (predict only; warm starts still apply)
+    distiller: str = _DEFAULTS["distiller"]
+    distiller_blocks: int = _DEFAULTS["distiller_blocks"]
+    rank: int = _DEFAULTS["rank"]
+    lr: float = _DEFAULTS["lr"]
+    optimizer: str = _DEFAULTS["optimizer"]
+    adam_eps: float = _DEFAULTS["adam_eps"]
+    grad_clip: float = _DEFAULTS["grad_clip"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    train_steps_per_decode: int = _DEFAULTS["train_steps_per_decode"]
+    training: bool = _DEFAULTS["training"]  # False = frozen distiller (predict only; warm starts still apply)
     # -- how far the Distiller may steer (reweight.py: the bounded tilt; gate.py: the fit gate) ------
-    # A Distiller signal's spread over a row's candidates is at most tilt_bound x the model's own.
-    tilt_bound: float = 1.0
+    # A Distiller signal's spread over a row's candidates is at most tilt_bound x the model's own (0: off).
+    tilt_bound: float = _DEFAULTS["tilt_bound"]
+    # Rows without a filter: ℓ' = ℓ + β·W_U·(h − ĥ)/T over the whole vocabulary (= (1+β)ℓ − β·d for the
+    # contrastive rule; the paper's latent mixing h_mix = (1+β)h − βĥ); for the contrastive and noise rules.
+    latent_mixing: bool = _DEFAULTS["latent_mixing"]
     # β_eff = β·g, g = clamp(R̄²/gate_r2_full, 0, 1) from the group's held-out fit over ~gate_window
     # steps; an unmeasured (fresh) Distiller has g = 0 and leaves every token stock.
-    fit_gate: bool = True
+    fit_gate: bool = _DEFAULTS["fit_gate"]
     gate_r2_full: float = 0.5
     gate_window: int = 16
     # -- taps (the engine captures them; the core only receives [rows, H] tensors) ----------------
-    source_layer: int = 2  # index of the layer whose *input* residual stream is the source
-    source_site: str = "residual"
-    target_site: str = "final_norm"
+    source_layer: int = _DEFAULTS["source_layer"]  # index of the layer whose *input* residual stream is the source
+    source_site: str = _DEFAULTS["source_site"]
+    target_site: str = _DEFAULTS["target_site"]
     # -- the bank ---------------------------------------------------------------------------------
     # A group that finds the bank full is sampled by the stock sampler (no ESamp) for its whole life
     # and is counted in GroupTable.refusals (Explorer.bank_full_count); it never evicts a live group.
@@ -241,14 +255,14 @@ class ESampConfig(BaseModel):
     greedy_min_p: float = 0.1
     # -- warm starts ------------------------------------------------------------------------------
     # Train each group's Distiller on its prompt's own (source, target) pairs before its first token.
-    prefill_warm_start: bool = True
+    prefill_warm_start: bool = _DEFAULTS["prefill_warm_start"]
     warm_start_steps: int = 50  # probe 2: 50 full-batch steps at lr 3e-3 was the best of its grid
     warm_start_lr: float = 3e-3
     # The last this-many prompt positions are used (and kept per prompt for requests whose prompt
     # comes from the radix cache); pairs of the `warm_start_prompts` most recent prompts are kept.
     warm_start_max_positions: int = 512
     warm_start_prompts: int = 8
-    svd_warm_start: bool = False
+    svd_warm_start: bool = _DEFAULTS["svd_warm_start"]
     # -- execution --------------------------------------------------------------------------------
     # Static cap K on candidates per row. If more than K tokens survive top-k/top-p/min-p, only
     # the K most likely are candidates (an approximation; rows where it happened are counted).
@@ -267,15 +281,36 @@ class ESampConfig(BaseModel):
     # Explore every generate request that does not say `"esamp": false` in its custom_params.
     explore_all: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_profile(cls, values: Any) -> Any:
+        """The named profile's settings, then the fields given explicitly."""
+        if not isinstance(values, Mapping):
+            return values
+        name = check_field("profile", values.get("profile", DEFAULT_PROFILE), allow_str=True)
+        return {**PROFILES[name], **values, "profile": name}
+
     @field_validator(*FIELDS, mode="before")
     @classmethod
     def _check(cls, v: Any, info: Any) -> Any:
         return check_field(info.field_name, v, allow_str=True)
 
+    def profile_overrides(self) -> dict[str, Any]:
+        """The method fields whose value differs from the named profile's."""
+        base = PROFILES[self.profile]
+        return {k: getattr(self, k) for k in PROFILE_FIELDS if getattr(self, k) != base[k]}
+
+    def method(self) -> dict[str, Any]:
+        """The method's settings as resolved (PROFILE_FIELDS; telemetry, `esamp-sgl profiles`)."""
+        return {k: getattr(self, k) for k in PROFILE_FIELDS}
+
     def validate_for_model(self, hidden_size: int, num_layers: int | None = None) -> None:
         """Checks that need the model's shape; raises ValueError naming the field."""
         hidden_size = check_int("hidden_size", hidden_size, 1, 1 << 20)
-        check_rank(self.rank, hidden_size, " (the model's hidden size)")
+        if self.distiller == "lowrank":
+            check_rank(self.rank, hidden_size, " (the model's hidden size)")
+        if self.svd_warm_start and self.distiller != "lowrank":
+            raise ValueError(f"esamp_svd_warm_start needs esamp_distiller 'lowrank', got {self.distiller!r}")
         if num_layers is not None and self.source_site == "residual":
             num_layers = check_int("num_layers", num_layers, 1, 1 << 16)
             if self.source_layer >= num_layers:
@@ -293,8 +328,10 @@ class ExploreRequest(BaseModel):
     group: str | None = None
     rule: str | None = None  # checked against the rule registry
     train: bool | None = None  # False: the group's Distiller is frozen (the evaluation's control)
+    profile: str | None = None  # the profile the client expects the server to run (checked by the server)
 
-    KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule", "esamp_train")
+    KEYS: ClassVar[tuple[str, ...]] = ("esamp", "esamp_beta", "esamp_group", "esamp_rule", "esamp_train",
+                                       "esamp_profile")
 
     @field_validator("rule", mode="before")
     @classmethod
@@ -316,7 +353,7 @@ class ExploreRequest(BaseModel):
             raise ValueError(f"unknown custom_params key {unknown[0]!r}; allowed esamp keys: "
                              + ", ".join(cls.KEYS))
         enabled = check_bool("esamp", ours["esamp"]) if "esamp" in ours else False
-        beta = group = rule = train = None
+        beta = group = rule = train = profile = None
         if ours.get("esamp_beta") is not None:
             beta = check_field("beta", ours["esamp_beta"])
         if ours.get("esamp_group") is not None:
@@ -325,9 +362,21 @@ class ExploreRequest(BaseModel):
             rule = check_field("rule", ours["esamp_rule"])
         if ours.get("esamp_train") is not None:
             train = check_bool("esamp_train", ours["esamp_train"])
+        if ours.get("esamp_profile") is not None:
+            profile = check_field("profile", ours["esamp_profile"])
         if not enabled:
             return None
-        return cls(beta=beta, group=group, rule=rule, train=train)
+        return cls(beta=beta, group=group, rule=rule, train=train, profile=profile)
+
+
+def check_request_profile(request: ExploreRequest | None, config: ESampConfig) -> None:
+    """A request that names a profile must be sent to a server running it: a profile fixes the
+    Distiller's architecture, taps and optimiser, which are the server's (one bank, one set of taps)."""
+    if request is None or request.profile is None or request.profile == config.profile:
+        return
+    raise ValueError(f"esamp_profile must be the server's profile {config.profile!r}, got {request.profile!r} "
+                     f"(a profile fixes the Distiller and its taps; start a server with "
+                     f"ESAMP_SGL_PROFILE={request.profile} for it)")
 
 
 def check_group_key(value: Any) -> str:
@@ -344,8 +393,30 @@ def check_group_key(value: Any) -> str:
 def fields_markdown() -> str:
     """The server-wide settings as a markdown table (docs/operations.md embeds it; a test compares)."""
     rows = ["| field (`ESAMP_SGL_<FIELD>`) | default | accepts | what |", "|---|---|---|---|"]
+    defaults = ESampConfig()
     for name, rule in FIELDS.items():
-        default = ESampConfig.model_fields[name].default
+        default = getattr(defaults, name)
         shown = str(default).lower() if isinstance(default, bool) else default
         rows.append(f"| `{name}` | `{shown}` | {rule.accepts()} | {rule.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def resolved_profiles() -> dict[str, dict[str, Any]]:
+    """Every profile's method settings as ESampConfig resolves them ({profile: {field: value}})."""
+    return {name: ESampConfig(profile=name).method() for name in PROFILES}
+
+
+def profiles_markdown() -> str:
+    """One table of every profile, generated from the code (docs/profiles.md embeds it; a test compares)."""
+    table = resolved_profiles()
+    names = list(table)
+
+    def cell(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = ["| field | " + " | ".join(f"`{n}`" + (" (default)" if n == DEFAULT_PROFILE else "") for n in names)
+            + " |", "|---|" + "---|" * len(names)]
+    rows += [f"| `{field}` | " + " | ".join(cell(table[n][field]) for n in names) + " |" for field in PROFILE_FIELDS]
     return "\n".join(rows) + "\n"

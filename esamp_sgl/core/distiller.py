@@ -1,15 +1,14 @@
-"""The Distiller and a bank of them stored as stacked tensors.
+"""A bank of Distillers stored as stacked tensors, one parameter set per slot.
 
-    y = LN(x + ((x·A) ⊙ SiLU(x·G + c)) · B)      A, G: [H, r]   B: [r, H]   c: [r]   LN affine: [H]
-
-One parameter set per slot, stacked on a leading slot axis, so that one gather + batched matmul
-serves every row of a mixed batch. A and G are stored side by side as `ag[..., :r] = A`,
-`ag[..., r:] = G` (one bmm for both). Master weights are fp32 whatever the model's dtype.
+The architecture (`lowrank`, `swiglu`: architectures.py, one module each) decides the parameters and
+the forward; the bank stores one flat fp32 row of P values per slot, viewed per parameter, so that one
+gather + batched matmul serves every row of a mixed batch. Master weights are fp32 whatever the
+model's dtype.
 
 The bank has `slots + 1` entries: the last one (`sink`) absorbs rows that have no slot, so every
 shape stays static (no host sync, no data-dependent control flow).
 
-Every slot starts from the same initial draw (`init`, seeded), and a reset copies it back: a
+Every slot starts from the same initial draw (the template, seeded), and a reset copies it back: a
 group's distiller therefore does not depend on which slot it landed in.
 """
 
@@ -17,22 +16,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from esamp_sgl.core import lowrank
+from esamp_sgl.core.architectures import architecture, param_layout, split_flat
 from esamp_sgl.core.config import check_rank
 from esamp_sgl.core.plan import RowGroups, plan_from_device
 
-PARAM_NAMES = ("ag", "b", "c", "ln_w", "ln_b")
-LN_EPS = 1e-5
-INIT_STD = 0.02
+PARAM_NAMES = tuple(lowrank.shapes(1, 1))  # the low-rank architecture's parameters, in storage order
 
 
 @dataclass
 class DistillerInit:
-    """One distiller's parameters (no slot axis), used as the template for every slot."""
+    """One low-rank distiller's parameters (no slot axis): a template for every slot (the SVD warm start)."""
 
     a: Tensor  # [H, r]
     g: Tensor  # [H, r]
@@ -41,94 +40,50 @@ class DistillerInit:
     ln_w: Tensor  # [H]
     ln_b: Tensor  # [H]
 
-    @classmethod
-    def random(cls, hidden: int, rank: int, seed: int) -> "DistillerInit":
-        """The reference's init: A, G, B ~ N(0, 0.02²), c = 1, LN weight 1, bias 0 (so y ≈ LN(x))."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        def randn(*shape: int) -> Tensor:
-            return torch.randn(*shape, generator=gen, dtype=torch.float32) * INIT_STD
-        return cls(a=randn(hidden, rank), g=randn(hidden, rank), b=randn(rank, hidden),
-                   c=torch.ones(rank), ln_w=torch.ones(hidden), ln_b=torch.zeros(hidden))
-
     def stacked(self) -> dict[str, Tensor]:
         """As the bank stores one slot: {name: tensor} with A|G concatenated."""
         return {"ag": torch.cat([self.a, self.g], dim=1), "b": self.b, "c": self.c,
                 "ln_w": self.ln_w, "ln_b": self.ln_b}
 
 
-def distill(x: Tensor, p: dict[str, Tensor]) -> Tensor:
-    """Row-wise distiller. x: [R, H] fp32; p: per-row parameters ag [R,H,2r], b [R,r,H],
-    c [R,r], ln_w/ln_b [R,H]. Returns [R, H] fp32."""
-    rank = p["c"].shape[-1]
-    xag = torch.bmm(x.unsqueeze(1), p["ag"]).squeeze(1)  # [R, 2r]
-    xa, xg = xag[:, :rank], xag[:, rank:]
-    hidden = xa * F.silu(xg + p["c"])
-    delta = torch.bmm(hidden.unsqueeze(1), p["b"]).squeeze(1)  # [R, H]
-    y = F.layer_norm(x + delta, (x.shape[-1],), eps=LN_EPS)
-    return y * p["ln_w"] + p["ln_b"]
-
-
-def distill_padded(x: Tensor, p: dict[str, Tensor]) -> Tensor:
-    """Distiller on a padded block: x [U, n, H] fp32 (the rows of entry u in x[u]); p holds one
-    parameter set per entry ([U, ...], any strides). Weights are read once per entry. [U, n, H]."""
-    rank = p["c"].shape[-1]
-    xag = torch.bmm(x, p["ag"])  # [U, n, 2r]
-    hid = xag[..., :rank] * F.silu(xag[..., rank:] + p["c"].unsqueeze(1))
-    y = F.layer_norm(torch.baddbmm(x, hid, p["b"]), (x.shape[-1],), eps=LN_EPS)  # LN(x + hid·B)
-    return torch.addcmul(p["ln_b"].unsqueeze(1), y, p["ln_w"].unsqueeze(1))
-
-
-def distill_groups(x: Tensor, p: dict[str, Tensor], groups: RowGroups) -> Tensor:
+def distill_groups(x: Tensor, p: dict[str, Tensor], groups: RowGroups,
+                   forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
     """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
-    `groups.entries` ([U, ...]). Rows outside the plan get 0 (they are not predicted). [R, H] fp32."""
+    `groups.entries` ([U, ...]), `forward` the architecture's. Rows outside the plan get 0 (they are
+    not predicted). [R, H] fp32."""
     u, n, hidden = groups.size, groups.width, x.shape[-1]
     xg = x.index_select(0, groups.gather).to(torch.float32).view(u, n, hidden)
-    y = distill_padded(xg, p).view(u * n, hidden).index_select(0, groups.position)
+    y = forward(xg, p).view(u * n, hidden).index_select(0, groups.position)
     return torch.where(groups.member.unsqueeze(-1), y, 0.0)
-
-
-def param_layout(hidden: int, rank: int) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """{name: (offset, shape)} of one slot's parameters in its flat fp32 row."""
-    shapes = {"ag": (hidden, 2 * rank), "b": (rank, hidden), "c": (rank,), "ln_w": (hidden,),
-              "ln_b": (hidden,)}
-    out, off = {}, 0
-    for k in PARAM_NAMES:
-        out[k] = (off, shapes[k])
-        off += math.prod(shapes[k])
-    return out
-
-
-def split_flat(flat: Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> dict[str, Tensor]:
-    """Views of a [N, P] flat block as {name: [N, *shape]} (no copy)."""
-    out = {}
-    for k, (off, shape) in layout.items():
-        size = math.prod(shape)
-        out[k] = flat[:, off:off + size].view(flat.shape[0], *shape)
-    return out
 
 
 class DistillerBank:
     """`slots` independent distillers (+1 sink entry) as stacked fp32 tensors on `device`.
 
-    Storage: one flat fp32 row of P = 3·H·r + r + 2·H values per slot (`flat`, [slots + 1, P]);
-    `params[name]` are [slots + 1, ...] views of it. A group's parameters are one contiguous row, so
-    a gather or an optimiser step touches one block per slot, whatever the number of tensors."""
+    Storage: one flat fp32 row of P values per slot (`flat`, [slots + 1, P]; P = 3·H·r + r + 2·H for
+    `lowrank`, 3·H·I per block for `swiglu`); `params[name]` are [slots + 1, ...] views of it. A
+    group's parameters are one contiguous row, so a gather or an optimiser step touches one block per
+    slot, whatever the number of tensors. `rank` is the architecture's inner width (lowrank's rank,
+    swiglu's intermediate size)."""
 
     def __init__(self, slots: int, hidden: int, rank: int, device: torch.device | str = "cpu",
-                 seed: int = 0, grouped: bool | None = None) -> None:
-        check_rank(rank, hidden)
-        self.slots, self.hidden, self.rank = slots, hidden, rank
+                 seed: int = 0, grouped: bool | None = None, distiller: str = "lowrank",
+                 blocks: int = 1) -> None:
+        self.arch = architecture(distiller)
+        if distiller == "lowrank":
+            check_rank(rank, hidden)
+        self.slots, self.hidden, self.rank, self.blocks = slots, hidden, rank, blocks
         self.sink = slots
         self.device = torch.device(device)
         # Without a host plan, grouped prediction reads the batch's slots on the host: free on CPU
         # only; on CUDA the fallback gathers each row's parameters instead (no sync).
         self.grouped = self.device.type != "cuda" if grouped is None else grouped
-        self.layout = param_layout(hidden, rank)
+        self.shapes = self.arch.shapes(hidden, rank, blocks)
+        self.layout = param_layout(self.shapes)
         self.numel = sum(math.prod(shape) for _, shape in self.layout.values())  # P
         # Created outside inference mode: the trainer updates these in place with autograd on.
         with torch.inference_mode(False), torch.no_grad():
-            self.init = DistillerInit.random(hidden, rank, seed)
-            self.template_flat = self._flatten(self.init.stacked())  # [P]
+            self.template_flat = self._flatten(self.arch.init(hidden, rank, blocks, seed))  # [P]
             self.flat = self.template_flat.unsqueeze(0).repeat(slots + 1, 1).contiguous()
             self.params: dict[str, Tensor] = split_flat(self.flat, self.layout)
             # One view per slot row (made once): the optimiser updates these rows in place.
@@ -136,7 +91,7 @@ class DistillerBank:
 
     def _flatten(self, stacked: dict[str, Tensor]) -> Tensor:
         return torch.cat([stacked[k].to(device=self.device, dtype=torch.float32).reshape(-1)
-                          for k in PARAM_NAMES]).contiguous()
+                          for k in self.layout]).contiguous()
 
     @property
     def template(self) -> dict[str, Tensor]:
@@ -162,14 +117,15 @@ class DistillerBank:
         (`grouped`, CPU) or each row gathers its parameters (CUDA, no sync)."""
         with torch.inference_mode(False):
             x = x.to(device=self.device)
+            forward = self.arch.forward
             if groups is not None:
-                return distill_groups(x, self.gather(groups.entry_index), groups)
+                return distill_groups(x, self.gather(groups.entry_index), groups, forward)
             idx = self.slot_index(slot)
-            if not self.grouped:
-                return distill(x.to(torch.float32), split_flat(self.flat.index_select(0, idx),
-                                                                self.layout))
+            if not self.grouped:  # one parameter set per row: a block of one row per entry
+                p = split_flat(self.flat.index_select(0, idx), self.layout)
+                return forward(x.to(torch.float32).unsqueeze(1), p).squeeze(1)
             plan = plan_from_device(idx)
-            return distill_groups(x, self.gather(plan.entry_index), plan)
+            return distill_groups(x, self.gather(plan.entry_index), plan, forward)
 
     __call__ = forward
 
@@ -182,9 +138,10 @@ class DistillerBank:
 
     @torch.no_grad()
     def load_template(self, init: DistillerInit, reset_all: bool = True) -> None:
-        """Replace the init template (e.g. the SVD warm start); optionally re-init every slot."""
-        h, r = self.hidden, self.rank
-        expect = {"ag": (h, 2 * r), "b": (r, h), "c": (r,), "ln_w": (h,), "ln_b": (h,)}
+        """Replace the init template (the SVD warm start: low-rank only); optionally re-init every slot."""
+        if self.arch.name != "lowrank":
+            raise ValueError(f"a DistillerInit template is low-rank; this bank's Distiller is {self.arch.name!r}")
+        expect = self.shapes
         with torch.inference_mode(False):
             new = {k: v.to(device=self.device, dtype=torch.float32) for k, v in init.stacked().items()}
             for k, v in new.items():

@@ -73,7 +73,7 @@ class Explorer:
         self.lm_head_weight = lm_head_weight.to(self.device)
         self.groups = GroupTable(config.max_groups)
         self.bank = DistillerBank(config.max_groups, hidden_size, config.rank, self.device,
-                                  config.seed)
+                                  config.seed, distiller=config.distiller, blocks=config.distiller_blocks)
         self.stats = Telemetry(config.max_groups, hidden_size, self.device)
         self.gate = FitGate(config.max_groups, hidden_size, self.device, window=config.gate_window,
                             r2_full=config.gate_r2_full, enabled=config.fit_gate)
@@ -81,7 +81,7 @@ class Explorer:
         self.trainer = TestTimeTrainer(
             self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
             weight_decay=config.weight_decay, steps_per_decode=config.train_steps_per_decode,
-            mode=self.train_mode)
+            mode=self.train_mode, adam_eps=config.adam_eps, grad_clip=config.grad_clip)
         self.backend = resolve_backend(config.backend, self.device)
         # ESamp's own draws never touch the engine's RNG, so stock rows stay bit-identical.
         self.generator = torch.Generator(device=self.device)
@@ -230,7 +230,8 @@ class Explorer:
         if slot is None:
             return {"group": key, "slot": None}
         out = {"group": key, "slot": slot, "members": self.groups.members(key),
-               "members_joined": self.groups.joined(key)}
+               "members_joined": self.groups.joined(key), "profile": self.config.profile,
+               "profile_overrides": self.config.profile_overrides(), "settings": self.config.method()}
         # The gate as the group's next token would see it, and the held-out fit behind it.
         out.update(self.stats.snapshot(slot, extra={"gate": lambda: self.gate.values()[slot],
                                                     "gate_r2": lambda: self.gate.r2()[slot]},

@@ -82,17 +82,18 @@ class FitGate:
         a = torch.where(first, torch.ones_like(n), torch.full_like(n, 1.0 - self.decay))
         seen = n > 0
         self.measured += n
-        self.ema_sse = torch.where(seen, self.ema_sse + a * (step_sse - self.ema_sse), self.ema_sse)
-        self.ema_sst = torch.where(seen, self.ema_sst + a * (step_sst - self.ema_sst), self.ema_sst)
+        # In place: a reader of these tensors on another stream (telemetry) keeps reading the same storage.
+        self.ema_sse.copy_(torch.where(seen, self.ema_sse + a * (step_sse - self.ema_sse), self.ema_sse))
+        self.ema_sst.copy_(torch.where(seen, self.ema_sst + a * (step_sst - self.ema_sst), self.ema_sst))
         # μ ← running mean of every target seen (the sink's value is never read).
         y_sum = torch.zeros_like(self.mean_target).index_add_(0, idx, torch.where(ok.unsqueeze(-1), y, 0.0))
         k = torch.zeros_like(self.count).index_add_(0, idx, w)
         total = self.count + k
-        self.mean_target = torch.where(
+        self.mean_target.copy_(torch.where(
             (k > 0).unsqueeze(-1),
             (self.mean_target * self.count.unsqueeze(-1) + y_sum) / total.clamp(min=1.0).unsqueeze(-1),
-            self.mean_target)
-        self.count = total
+            self.mean_target))
+        self.count.copy_(total)
 
     @torch.no_grad()
     def seed(self, slot: Tensor, h_hat: Tensor, target: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.rules import BOUNDED_SIGNALS, RULE_SIGNAL, RULES
+from esamp_sgl.core.rules import BOUNDED_SIGNALS, GATED_SIGNALS, RULE_SIGNAL, RULES
 
 TILT_FLOOR = 0.5  # σ₀ above: the least spread (nats) a bounded tilt may have, whatever the model's
 
@@ -32,10 +32,10 @@ _CHUNK_ELEMS = 1 << 24
 
 
 def reads_distiller(rules: str | Sequence[str], rows: int, device: torch.device) -> Tensor:
-    """[R] bool (or a 0-d tensor for one rule): the rows whose rule reads the Distiller's d."""
+    """[R] bool (or a 0-d tensor for one rule): the rows whose rule reads the Distiller (d or its error)."""
     if isinstance(rules, str):
-        return torch.tensor(RULE_SIGNAL[rules] == "distiller", device=device)
-    return _host_mask([RULE_SIGNAL[r] == "distiller" for r in rules], device)
+        return torch.tensor(RULE_SIGNAL[rules] in GATED_SIGNALS, device=device)
+    return host_mask([RULE_SIGNAL[r] in GATED_SIGNALS for r in rules], device)
 
 
 def bounded_tilt(scaled_signal: Tensor, scaled_logits: Tensor, bound: float) -> Tensor:
@@ -82,7 +82,7 @@ def reweighted_logits(cand_logits: Tensor, signals: Tensor | dict[str, Tensor], 
     """Apply the rule(s) on the candidates. cand_logits [R, K] (-inf = not a candidate);
     signals: the raw distiller logits d [R, K], or {signal name: [R, K]} holding every signal the
     rules read ('none' needs nothing); temperature/beta [R]; `rules` is one name or one per row.
-    The distiller and random signals are bounded by `tilt_bound` (None: raw, for analysis only)."""
+    The distiller, noise and random signals are bounded by `tilt_bound` (None or 0: raw, the paper's)."""
     signals = signals if isinstance(signals, dict) else {"distiller": signals}
     inv_t = 1.0 / temperature.to(cand_logits.device, torch.float32).unsqueeze(-1)
     b = beta.to(cand_logits.device, torch.float32).unsqueeze(-1)
@@ -91,7 +91,7 @@ def reweighted_logits(cand_logits: Tensor, signals: Tensor | dict[str, Tensor], 
     def scaled(signal: str) -> Tensor:
         if signal not in scaled_signals:
             s = signals[signal] * inv_t
-            if signal in BOUNDED_SIGNALS and tilt_bound is not None:
+            if signal in BOUNDED_SIGNALS and tilt_bound:
                 s = bounded_tilt(s, cand_logits, tilt_bound)
             scaled_signals[signal] = s
         return scaled_signals[signal]
@@ -108,13 +108,13 @@ def reweighted_logits(cand_logits: Tensor, signals: Tensor | dict[str, Tensor], 
         names = sorted(set(rules))
         out = apply(names[0])
         for name in names[1:]:
-            rows = _host_mask([r == name for r in rules], cand_logits.device)
+            rows = host_mask([r == name for r in rules], cand_logits.device)
             out = torch.where(rows.unsqueeze(-1), apply(name), out)
     # A non-candidate stays out whatever d is (and -inf·(1+β) − β·d must not become NaN).
     return torch.where(cand_logits == float("-inf"), cand_logits, out)
 
 
-def _host_mask(values: list[bool], device: torch.device) -> Tensor:
+def host_mask(values: list[bool], device: torch.device) -> Tensor:
     """A host list as a device bool tensor; on CUDA via pinned memory, so the copy is async."""
     mask = torch.tensor(values, dtype=torch.bool)
     if device.type == "cuda":

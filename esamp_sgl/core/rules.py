@@ -3,8 +3,12 @@
 With z the model's raw logits, d_v = ĥ·W_U[v] and T the row's temperature, the rules are
 
     contrastive (the paper's):  ℓ'_v = ((1 + β)·z_v − β·d_v) / T
+                                     = (z_v + β·W_U[v]·e) / T        (e = h − ĥ, when z = W_U·h)
     compensated:                ℓ'_v = (z_v − β/(1 + β)·d_v) / T   (the paper's rule / (1+β):
                                                                       no (1+β) sharpening)
+    noise (the paper's control, Tables 10–11):
+                                ℓ'_v = (z_v + β·W_U[v]·ε) / T       (ε: Gaussian, ‖ε‖ = ‖h − ĥ‖ per row:
+                                                                      the error's size, no direction)
 
 and, as controls and baselines for the evaluation (no Distiller involved),
 
@@ -35,9 +39,13 @@ if TYPE_CHECKING:
 
 Rule = Callable[["Tensor", "Tensor", "Tensor"], "Tensor"]
 RULES: dict[str, Rule] = {}
-SIGNALS = ("distiller", "random", "presence", "frequency", "none")
+SIGNALS = ("distiller", "noise", "random", "presence", "frequency", "none")
 # Signals that are per-token logit vectors on the model's scale: bounded by the tilt (reweight.py).
-BOUNDED_SIGNALS = ("distiller", "random")
+BOUNDED_SIGNALS = ("distiller", "noise", "random")
+# Signals that need the group's Distiller (its prediction, or the size of its error): the fit gate scales them.
+GATED_SIGNALS = ("distiller", "noise")
+# Rules of the form ℓ + β·W_U·v/T, with the latent vector v they project (step.py: latent mixing).
+LATENT_VECTOR = {"contrastive": "error", "noise": "noise"}
 RULE_SIGNAL: dict[str, str] = {}  # rule name -> the signal it reads
 
 def register_rule(name: str, signal: str = "distiller") -> Callable[[Rule], Rule]:
@@ -59,6 +67,11 @@ def contrastive(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor
 @register_rule("compensated")
 def compensated(scaled_logits: Tensor, scaled_d: Tensor, beta: Tensor) -> Tensor:
     return scaled_logits - (beta / (1.0 + beta)) * scaled_d
+
+
+@register_rule("noise", signal="noise")
+def noise(scaled_logits: Tensor, scaled_noise: Tensor, beta: Tensor) -> Tensor:
+    return scaled_logits + beta * scaled_noise
 
 
 @register_rule("random_prior", signal="random")

@@ -8,13 +8,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.candidates import CandidateSet, candidate_set, flashinfer_candidate_set
+from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top_k, flashinfer_candidate_set
 from esamp_sgl.core.config import DEFAULT_RULE
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.plan import RowGroups, plan_from_device
-from esamp_sgl.core.reweight import reads_distiller, reweighted_logits, sample_candidates
-from esamp_sgl.core.rules import RULE_SIGNAL, signals_needed
+from esamp_sgl.core.latent import error_noise, latent_scores
+from esamp_sgl.core.reweight import host_mask, reads_distiller, reweighted_logits, sample_candidates
+from esamp_sgl.core.rules import GATED_SIGNALS, LATENT_VECTOR, RULE_SIGNAL, signals_needed
 from esamp_sgl.core.telemetry import candidate_corr
 
 
@@ -89,39 +90,126 @@ class Reweighted:
     d: Tensor  # [R, K] raw distiller logits on the candidates
 
 
-def reweight(ex: Explorer, batch: StepBatch) -> Reweighted:
-    """Predict, take the candidates and reweight them (the exact check calls this too)."""
+def predict(ex: Explorer, batch: StepBatch) -> Tensor:
+    """ĥ [R, H] fp32: the deep state from the shallow one, with parameters trained through step t−1."""
+    ex.trainer.wait()
+    return ex.bank(batch.source, batch.slots, groups=batch.groups)
+
+
+def gated_betas(ex: Explorer, batch: StepBatch) -> Tensor:
+    """β per row, times the group's fit gate for the rules that read the Distiller."""
+    if isinstance(batch.rules, str):  # one rule: decided on the host (no device scalar to copy)
+        gated_one = RULE_SIGNAL[batch.rules] in GATED_SIGNALS
+        return batch.betas * ex.gate.factor(batch.slots) if gated_one else batch.betas
+    gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
+    return torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
+
+
+def reweight(ex: Explorer, batch: StepBatch, h_hat: Tensor | None = None) -> Reweighted:
+    """Predict (unless `h_hat` is given), take the candidates and reweight them (the exact check
+    calls this too)."""
     cfg = ex.config
     # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
-    ex.trainer.wait()
-    h_hat = ex.bank(batch.source, batch.slots, groups=batch.groups)  # [R, H] fp32
+    if h_hat is None:
+        h_hat = predict(ex, batch)
 
     # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
     f = row_filters(batch, cfg.greedy_min_p)
     cand = candidates(ex, batch, f)
 
-    # 4. Reweight the candidates only: d = ĥ·W_U[v], its spread bounded by the model's own
-    #    (reweight.bounded_tilt), at strength β·g where g is the group's fit (gate.py). The
-    #    controls read a random prior or the group's token counts instead of d, ungated.
+    # 4. Reweight the candidates only: d = ĥ·W_U[v] (with tilt_bound: its spread bounded by the model's
+    #    own, reweight.bounded_tilt), at strength β·g where g is the group's fit (gate.py; 1 without
+    #    fit_gate). The noise control reads W_U·ε (ε: Gaussian of the error's norm), gated like d; the
+    #    other controls read a random prior or the group's token counts instead of d, ungated.
     d = candidate_distiller_logits(h_hat, ex.lm_head_weight, cand.ids, ex.d_method, ex.d_machine)
     signals = {"distiller": d}
     needed = signals_needed(batch.rules)
+    if "noise" in needed:
+        eps = error_noise(batch.target, h_hat, ex.generator)
+        signals["noise"] = candidate_distiller_logits(eps, ex.lm_head_weight, cand.ids, ex.d_method, ex.d_machine)
     if "random" in needed:
         signals["random"] = ex.random_prior_on(cand.ids)
     if needed & {"presence", "frequency"}:
         counts = ex.group_counts_on(batch.slots, cand.ids)
         signals.update(presence=(counts > 0).float(), frequency=counts)
-    if isinstance(batch.rules, str):  # one rule: decided on the host (no device scalar to copy)
-        gated_one = RULE_SIGNAL[batch.rules] == "distiller"
-        betas = batch.betas * ex.gate.factor(batch.slots) if gated_one else batch.betas
-    else:
-        gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
-        betas = torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
+    betas = gated_betas(ex, batch)
     scores = reweighted_logits(cand.logits, signals, f.temperature, betas, batch.rules,
                                cfg.tilt_bound)
-    applied = ((batch.slots >= 0) & (betas > 0) & torch.isfinite(h_hat).all(-1)
-               & (~batch.is_greedy | cfg.apply_to_greedy))
-    return Reweighted(cand, scores, applied, h_hat, d)
+    return Reweighted(cand, scores, applies(ex, batch, betas, h_hat), h_hat, d)
+
+
+def applies(ex: Explorer, batch: StepBatch, betas: Tensor, h_hat: Tensor) -> Tensor:
+    """[R] bool: rows whose token ESamp draws (else the stock draw's)."""
+    return ((batch.slots >= 0) & (betas > 0) & torch.isfinite(h_hat).all(-1)
+            & (~batch.is_greedy | ex.config.apply_to_greedy))
+
+
+def rule_rows(rules: str | Sequence[str], which: Callable[[str], bool], device: torch.device) -> Tensor | None:
+    """The rows whose rule satisfies `which`: a 0-d bool for one rule, [R] for one per row; None when
+    no row's does (decided on the host)."""
+    names = [rules] if isinstance(rules, str) else list(rules)
+    if not any(which(r) for r in names):
+        return None
+    if isinstance(rules, str):
+        return torch.tensor(True, device=device)
+    return host_mask([which(r) for r in names], device)
+
+
+def latent_rows(ex: Explorer, batch: StepBatch) -> Tensor | None:
+    """[R] bool: exploring rows mixed in latent space — latent_mixing on, a rule of the form
+    ℓ + β·W_U·v, no top-k/top-p/min-p, not greedy. None when no row of the batch can be (host-side)."""
+    latent_rule = rule_rows(batch.rules, lambda r: r in LATENT_VECTOR, batch.slots.device)
+    if not ex.config.latent_mixing or latent_rule is None:
+        return None
+    vocab = ex.lm_head_weight.shape[0]
+    return ((effective_top_k(batch.top_k, vocab) >= vocab) & (batch.top_p >= 1.0) & (batch.min_p <= 0.0)
+            & ~batch.is_greedy & (batch.slots >= 0) & latent_rule)
+
+
+def mix_latent(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's latent mixing for unfiltered rows: scores over the whole vocabulary
+    ℓ' = ℓ + β·W_U·v/T (v = h − ĥ for the contrastive rule, i.e. (1+β)·ℓ − β·W_U·ĥ when ℓ = W_U·h/T;
+    v = ε for the noise control), one projection, no candidate set. Returns (scores [R, V], applied [R])."""
+    vector = batch.target.float() - h_hat
+    noise_rows = rule_rows(batch.rules, lambda r: LATENT_VECTOR.get(r) == "noise", vector.device)
+    if noise_rows is not None:
+        vector = torch.where(noise_rows.reshape(-1, 1), error_noise(batch.target, h_hat, ex.generator), vector)
+    logp = batch.logits if batch.logits is not None else batch.probs.float().log()
+    betas = gated_betas(ex, batch)
+    scores = latent_scores(logp, ex.lm_head_weight, vector, batch.temperatures, betas)
+    return scores, applies(ex, batch, betas, h_hat)
+
+
+def explored_row_sets(ex: Explorer, batch: StepBatch) -> list[Tensor] | None:
+    """CPU (host reads are free): the exploring rows, split into latent-mixed and candidate rows when
+    the batch has both, so that each path works on its own rows only; None when every row explores
+    by one path. (A group whose samples have different filters then trains once per path.)"""
+    exploring = batch.slots >= 0
+    latent = latent_rows(ex, batch)
+    if latent is not None and bool(latent.any()) and not bool((latent == exploring).all()):
+        return [latent.nonzero().squeeze(1), (exploring & ~latent).nonzero().squeeze(1)]
+    if bool(exploring.all()):
+        return None
+    return [exploring.nonzero().squeeze(1)]
+
+
+def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> tuple[Tensor, Tensor, Reweighted | None]:
+    """Steps 3-5: reweight (candidates, or latent mixing for unfiltered rows) and draw with ESamp's
+    own generator (greedy: argmax). Returns (tokens [R], applied [R], the candidate path or None)."""
+    latent = latent_rows(ex, batch)
+    all_latent = latent is not None and ex.trim_candidates and bool(latent.all())  # host read: CPU only
+    rw = tokens = applied = None
+    if not all_latent:
+        rw = reweight(ex, batch, h_hat)
+        tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
+        applied = rw.applied
+    if latent is not None and (all_latent or not ex.trim_candidates):
+        scores, latent_applied = mix_latent(ex, batch, h_hat)
+        vocab_ids = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+        latent_tokens = sample_candidates(scores, vocab_ids, batch.is_greedy, ex.generator, ex.backend)
+        tokens = latent_tokens if tokens is None else torch.where(latent, latent_tokens, tokens)
+        applied = latent_applied if applied is None else torch.where(latent, latent_applied, applied)
+    return tokens, applied, rw
 
 
 def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
@@ -129,39 +217,45 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     batch, with the engine's RNG: a row that ESamp leaves alone (no slot, β·g = 0, greedy without
     apply_to_greedy) gets exactly the stock token. It is called unless every row is redrawn and host
     reads are free (CPU): then the stock draw would be discarded whole, and on CPU it is SGLang's
-    full-vocabulary sort per row, ~26 % of a SmolLM2 decode step (docs/performance.md)."""
+    full-vocabulary sort per row, ~26 % of a SmolLM2 decode step (docs/performance.md). Skipping it
+    leaves SGLang's CPU generator unadvanced for that step, so stock rows of later batches are not
+    draw-for-draw those of a stock server (each is still a stock draw, from the same distribution)."""
     if not batch.any_active:
         return stock_sample()
     if ex.trim_candidates:  # CPU, where host reads are free: do the work for the exploring rows only
-        rows = (batch.slots >= 0).nonzero().squeeze(1)
-        if rows.numel() < batch.slots.numel():
+        row_sets = explored_row_sets(ex, batch)
+        if row_sets is not None:
             tokens = stock_sample().clone()
-            explored = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
-            tokens[rows] = explored.to(tokens.dtype)
+            for rows in row_sets:
+                explored = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
+                tokens[rows] = explored.to(tokens.dtype)
             return tokens
     has_slot = batch.slots >= 0
     if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
         batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
 
     # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
-    # 2-4. Predict, candidates, reweight.
-    rw = reweight(ex, batch)
-
-    # 5. Sample from softmax over the candidates with ESamp's own generator (greedy: argmax).
-    esamp_tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
-    if ex.trim_candidates and bool(rw.applied.all()):  # host read: free on CPU
+    # 2. Predict the deep state from the shallow one (parameters trained through step t−1).
+    h_hat = predict(ex, batch)
+    # 3-5. Reweight the candidates (or mix in latent space) and draw the exploring rows.
+    esamp_tokens, applied, rw = sample_explored(ex, batch, h_hat)
+    if ex.trim_candidates and bool(applied.all()):  # host read: free on CPU
         tokens = esamp_tokens
     else:
         stock_tokens = stock_sample()
-        tokens = torch.where(rw.applied, esamp_tokens.to(stock_tokens.dtype), stock_tokens)
+        tokens = torch.where(applied, esamp_tokens.to(stock_tokens.dtype), stock_tokens)
 
     # 6. Telemetry and the gate's held-out fit, then train on this step's pairs (after sampling;
     #    may run asynchronously).
     ex.count_group_tokens(batch.slots, tokens, has_slot)
-    ex.stats.record_prediction(batch.slots, has_slot, rw.h_hat, batch.target)
-    ex.gate.update(batch.slots, has_slot, rw.h_hat, batch.target)
-    corr, corr_ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
-    ex.stats.record_candidates(batch.slots, has_slot, rw.applied, rw.cand.truncated, corr, corr_ok)
+    ex.stats.record_prediction(batch.slots, has_slot, h_hat, batch.target)
+    ex.gate.update(batch.slots, has_slot, h_hat, batch.target)
+    if rw is not None:
+        corr, corr_ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
+        truncated = rw.cand.truncated
+    else:  # latent mixing: no candidate set, nothing truncated
+        corr = truncated = corr_ok = torch.zeros_like(has_slot)
+    ex.stats.record_candidates(batch.slots, has_slot, applied, truncated, corr, corr_ok)
     if ex.config.training and (batch.groups is None or batch.groups.train is not None):
         trains = has_slot if batch.train is None else has_slot & batch.train
         ex.trainer.schedule(batch.source, batch.target, batch.slots, trains,

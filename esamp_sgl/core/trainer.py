@@ -1,6 +1,7 @@
 """Test-time training of the distiller bank.
 
-Per step: per-row loss = mean over H of (f(x) − y)² in fp32; loss of a slot = mean over its valid
+Per step: per-row loss = mean over H of (f(x) − y)² in fp32 (f: the bank's architecture, whose forward
+and gradient live in its own module: lowrank.py, swiglu.py); loss of a slot = mean over its valid
 rows; objective = sum over slots. Every row of a group trains its slot (not only the first
 sample). Because the objective is a sum of per-slot terms and each row only reads its own slot's
 parameters, the slots' gradients are independent: training slot A never changes slot B.
@@ -40,12 +41,12 @@ import torch
 from torch import Tensor
 
 from esamp_sgl.core.config import check_field
-from esamp_sgl.core.distiller import LN_EPS, DistillerBank, distill_padded, split_flat
+from esamp_sgl.core.architectures import split_flat
+from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.plan import RowGroups, plan_rows
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 MODES = ("sync", "cuda_stream")  # esamp_train_mode once "auto" is resolved (explorer.py)
 
 
@@ -54,7 +55,8 @@ class TestTimeTrainer:
 
     def __init__(self, bank: DistillerBank, telemetry: Telemetry, *, optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, steps_per_decode: int = 1,
-                 mode: str = "sync", static_shapes: bool | None = None) -> None:
+                 mode: str = "sync", static_shapes: bool | None = None, adam_eps: float = 1e-8,
+                 grad_clip: float = 0.0) -> None:
         check_field("optimizer", optimizer)
         if mode not in MODES:
             raise ValueError(f"esamp_train_mode must be one of {', '.join(map(repr, MODES))}, "
@@ -64,6 +66,8 @@ class TestTimeTrainer:
                              f"the bank is on {bank.device}")
         self.bank, self.telemetry = bank, telemetry
         self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.adam_eps = check_field("adam_eps", adam_eps)
+        self.grad_clip = check_field("grad_clip", grad_clip)  # per group (entry) and step; 0 = off
         self.steps_per_decode = steps_per_decode
         self.mode = mode
         # True: never read the device on the host inside a step (the CUDA path).
@@ -197,49 +201,32 @@ class TestTimeTrainer:
             bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(entries.shape[0], -1))
             self._zero_state(target)
 
-    @staticmethod
-    def _entry_loss(x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
+    def _entry_loss(self, x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
         """[U] per entry: the mean over its rows of mean_H (f(x) − y)² (padding weighs 0)."""
-        err = (distill_padded(x, p) - y).square().mean(-1)  # [U, n]
+        err = (self.bank.arch.forward(x, p) - y).square().mean(-1)  # [U, n]
         return (err * coef).sum(-1)
 
     def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor,
                        coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss [U], loss is finite [U], gradient [U, P]) with one gather of the U parameter rows. The backward pass
-        is written out (no autograd graph): each gradient goes straight into its slice of one flat
-        [U, P] buffer, which the fused optimiser reads as one row per slot. An entry whose loss is
-        not finite contributes nothing (its own gradient may be NaN; it is reset afterwards)."""
+        """(loss [U], loss is finite [U], gradient [U, P]) with one gather of the U parameter rows. The
+        backward pass is the architecture's own (written out, no autograd graph): each gradient goes
+        straight into its slice of one flat [U, P] buffer, which the fused optimiser reads as one row
+        per slot. An entry whose loss is not finite contributes nothing (its own gradient may be NaN; it
+        is reset afterwards). With grad_clip, each entry's gradient is clipped to that norm."""
         bank = self.bank
-        u, _, hidden = x.shape
-        rank = bank.rank
+        hidden = x.shape[-1]
         p = bank.gather(entries)  # one [U, P] gather, viewed per parameter
-        grad = torch.empty(u, bank.numel, device=x.device)
-        gp = split_flat(grad, bank.layout)
-        # forward: y = LN(x + (a ⊙ silu(q))·B)·w + b, a = x·A, q = x·G + c
-        xag = torch.bmm(x, p["ag"])  # [U, n, 2r]
-        a = xag[..., :rank]
-        q = xag[..., rank:] + p["c"].unsqueeze(1)
-        sig = torch.sigmoid(q)
-        act = q * sig  # silu(q)
-        hid = a * act
-        pre = torch.baddbmm(x, hid, p["b"])  # x + hid·B
-        ln_out, ln_mean, ln_rstd = torch.native_layer_norm(pre, [hidden], None, None, LN_EPS)
-        diff = torch.addcmul(p["ln_b"].unsqueeze(1), ln_out, p["ln_w"].unsqueeze(1)) - y
+        grad = torch.empty(x.shape[0], bank.numel, device=x.device)
+        out, saved = bank.arch.forward_saving(x, p)
+        diff = out - y
         loss = (diff.square().mean(-1) * coef).sum(-1)  # [U]
         # backward of Σ_u loss_u over the finite entries
         finite = (loss * 0) == 0  # isfinite in 2 kernels
         scale = torch.where(finite.unsqueeze(-1), coef, 0.0) * (2.0 / hidden)
-        g_out = diff * scale.unsqueeze(-1)  # d/d(output) [U, n, H]
-        torch.sum(g_out, 1, out=gp["ln_b"])
-        torch.sum(g_out * ln_out, 1, out=gp["ln_w"])
-        g_u = torch.ops.aten.native_layer_norm_backward(
-            g_out * p["ln_w"].unsqueeze(1), pre, [hidden], ln_mean, ln_rstd, None, None,
-            [True, False, False])[0]  # [U, n, H]
-        torch.bmm(hid.transpose(1, 2), g_u, out=gp["b"])  # [U, r, H]
-        g_hid = torch.bmm(g_u, p["b"].transpose(1, 2))  # [U, n, r]
-        g_aq = torch.cat([g_hid * act, g_hid * a * (sig * (1.0 + q * (1.0 - sig)))], -1)  # [U, n, 2r]
-        torch.sum(g_aq[..., rank:], 1, out=gp["c"])
-        torch.bmm(x.transpose(1, 2), g_aq, out=gp["ag"])  # [U, H, 2r]
+        bank.arch.backward(diff * scale.unsqueeze(-1), saved, p, split_flat(grad, bank.layout))
+        if self.grad_clip > 0:  # torch's clip_grad_norm_ per entry: g · min(1, c / (‖g‖ + 1e-6))
+            norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+            grad.mul_((self.grad_clip / (norm + 1e-6)).clamp(max=1.0))
         return loss, finite, grad
 
     def _optimizer_step(self, groups: RowGroups, rows: list[Tensor], grad: Tensor,
@@ -260,5 +247,5 @@ class TestTimeTrainer:
         t = [self.step_rows[e] for e in groups.entries]
         fused = torch._fused_adamw_ if self.optimizer == "adamw" else torch._fused_adam_
         fused(rows, grads, m, s, [], t, lr=lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
-              weight_decay=wd, eps=ADAM_EPS, amsgrad=False, maximize=False)
+              weight_decay=wd, eps=self.adam_eps, amsgrad=False, maximize=False)
 

@@ -34,7 +34,8 @@ def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, tri
                          trim=trim)
     d = distiller_logits(h_hat, w, cand.ids)
     counts = (cand.ids % 3).float()  # stand-in group counts for the baseline rules: 0, 1, 2
-    signals = {"distiller": d, "random": d.flip(-1), "presence": (counts > 0).float(), "frequency": counts}
+    signals = {"distiller": d, "noise": d.roll(1, -1), "random": d.flip(-1), "presence": (counts > 0).float(),
+               "frequency": counts}
     scores = reweighted_logits(cand.logits, signals, f.temperature, batch.betas, rules, bound)
     return f, probs, cand, scores
 

@@ -201,10 +201,12 @@ def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu
         assert a["mean_novelty"] == pytest.approx(b["mean_novelty"], rel=1e-5)
 
 
-def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_entry():
-    from esamp_sgl.core.distiller import distill_padded, split_flat
+@pytest.mark.parametrize("distiller,blocks", [("lowrank", 1), ("swiglu", 1), ("swiglu", 2), ("swiglu", 3)])
+def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_entry(distiller, blocks):
+    from esamp_sgl.core.architectures import split_flat
 
-    bank = DistillerBank(4, H, 4, "cpu", 0)
+    bank = DistillerBank(4, H, 4, "cpu", 0, distiller=distiller, blocks=blocks)
+    distill_padded = bank.arch.forward
     tr = TestTimeTrainer(bank, Telemetry(4, H))
     gen = torch.Generator().manual_seed(9)
     bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.3)

@@ -382,3 +382,21 @@ def test_telemetry_r2_and_corr_match_direct_formulas():
     for r, n in ((0, 8), (1, 5)):
         want = np.corrcoef(d[r, :n].numpy(), z[r, :n].numpy())[0, 1]
         assert float(corr[r]) == pytest.approx(want, abs=1e-5)
+
+
+def test_the_gate_updates_its_state_in_place():
+    """Telemetry reads the gate's tensors on another stream under the overlap scheduler (CUDA): an
+    update writes into the same storage instead of rebinding new tensors (issue 21, defect 1)."""
+    from esamp_sgl.core.gate import FitGate
+
+    gate = FitGate(2, H, "cpu", window=2)
+    state = (gate.ema_sse, gate.ema_sst, gate.mean_target, gate.count, gate.measured)
+    pointers = [t.data_ptr() for t in state]
+    gen = torch.Generator().manual_seed(0)
+    slots = torch.tensor([0, 0, 1])
+    for _ in range(3):
+        gate.update(slots, torch.ones(3, dtype=torch.bool), torch.randn(3, H, generator=gen),
+                    torch.randn(3, H, generator=gen))
+    assert [t.data_ptr() for t in (gate.ema_sse, gate.ema_sst, gate.mean_target, gate.count,
+                                   gate.measured)] == pointers
+    assert bool((gate.ema_sst[:2] > 0).all()) and gate.count[:2].tolist() == [6.0, 3.0]
