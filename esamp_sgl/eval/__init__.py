@@ -13,4 +13,10 @@
 * `verifiers` — exact-answer math and sandboxed Python-tests verifiers (`sandbox`, `sandbox_harness`);
                pass@k and the programs score with them
 * `diversity`, `passk` — the two `esamp-sgl eval` commands
+* `servers`  — one server per profile (`ESAMP_SGL_PROFILE`), which server ran which arm, the profile
+               its telemetry reported
+* `passk_curves` — pass@k for every k = 1…n with 95 % bootstrap intervals over tasks, its table
+* `paper`    — issue 20's pre-registered contrasts (the paper's ESamp vs vanilla, stock T 0.8, the noise
+               control, today's default) and the matched-perplexity families (interpolated only)
+* `stories`  — the story-continuation prompts of the paper's creative protocol (`data/stories.jsonl`)
 """

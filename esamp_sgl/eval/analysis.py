@@ -2,9 +2,15 @@
 
 Matched-NLL gain (the probes' protocol): on each prompt, the reference family's points
 (NLL, metric) — e.g. the stock min-p temperature sweep — are joined into a piecewise-linear curve in
-NLL (extended linearly beyond its end points); an arm's gain on that prompt is its metric minus the
-curve at the arm's own NLL. Reported: mean ± standard error over prompts, t = mean / s.e., and the
-win rate (fraction of prompts with gain > 0). Replicates are averaged per prompt first.
+NLL; an arm's gain on that prompt is its metric minus the curve at the arm's own NLL. Reported: mean ±
+standard error over prompts, t = mean / s.e., and the win rate (fraction of prompts with gain > 0).
+Replicates are averaged per prompt first.
+
+Interpolation only, never extrapolation: a curve says nothing outside its measured span (a two-point
+sweep extended far past its points can manufacture a large contrast either way). An arm whose mean NLL
+lies outside the span of the family's mean curve is "out of span" for that family (reported, no
+number); on a prompt where the arm lies outside that prompt's own points, the prompt gives no number
+(counted in `prompts_out_of_span`). Sweep a family far enough to span every arm it is compared with.
 
 Pre-registered contrast (`matched_contrast`): one arm's gain at matched NLL against several baseline
 families' curves, contrasted with the strongest of them, with 95 % confidence intervals (paired t and
@@ -33,17 +39,15 @@ def per_prompt(records: Iterable[dict[str, Any]], metric: str) -> dict[str, dict
     return {arm: {p: float(np.mean(v)) for p, v in by.items()} for arm, by in acc.items()}
 
 
-def curve_at(xs: Sequence[float], ys: Sequence[float], x: float,
-             slopes: tuple[float, float] | None = None) -> float:
-    """Piecewise-linear interpolation through the points sorted by x. Outside their range: the end
-    segment extended, or with `slopes` = (below, above) the end point continued at that slope."""
+def curve_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float | None:
+    """Piecewise-linear interpolation through the points sorted by x; None outside [min x, max x]
+    (no extrapolation: the curve is not known there)."""
     pts = sorted(zip(xs, ys))
+    xs_s = [p[0] for p in pts]
+    if not pts or not xs_s[0] <= x <= xs_s[-1]:
+        return None
     if len(pts) == 1:
         return pts[0][1]
-    xs_s, ys_s = [p[0] for p in pts], [p[1] for p in pts]
-    if slopes is not None and not xs_s[0] <= x <= xs_s[-1]:
-        end, slope = (0, slopes[0]) if x < xs_s[0] else (-1, slopes[1])
-        return ys_s[end] + slope * (x - xs_s[end])
     i = int(np.searchsorted(xs_s, x))
     i = min(max(i, 1), len(pts) - 1)
     (x0, y0), (x1, y1) = pts[i - 1], pts[i]
@@ -52,45 +56,51 @@ def curve_at(xs: Sequence[float], ys: Sequence[float], x: float,
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def _mean_end_slopes(m: dict[str, dict[Any, float]], q: dict[str, dict[Any, float]],
-                     refs: Sequence[str]) -> tuple[float, float] | None:
-    """The slopes of the family's end segments on its mean curve (each arm's mean over prompts).
-    A prompt's curve is extended past its own points at these slopes: per prompt, two points a
-    little apart in quality give a slope that is mostly noise, and extending it gives meaningless
-    values (a strength sweep whose first arms sit close to its stock anchor, say)."""
-    pts = sorted((float(np.mean(list(q[a].values()))), float(np.mean(list(m[a].values())))) for a in refs)
-    if len(pts) < 2 or pts[1][0] == pts[0][0] or pts[-1][0] == pts[-2][0]:
-        return None
-    slope = lambda p0, p1: (p1[1] - p0[1]) / (p1[0] - p0[0])
-    return slope(pts[0], pts[1]), slope(pts[-2], pts[-1])
+def mean_span(records: list[dict[str, Any]], arms: Sequence[str], quality: str = "nll") -> tuple[float, float] | None:
+    """[min, max] of the arms' mean `quality` over prompts (the span of a family's mean curve)."""
+    q = per_prompt(records, quality)
+    means = [float(np.mean(list(q[a].values()))) for a in arms if q.get(a)]
+    return (min(means), max(means)) if len(means) >= 2 else None
 
 
 def matched_gain(records: list[dict[str, Any]], arm: str, reference_arms: Sequence[str],
                  metric: str = "vendi", quality: str = "nll") -> dict[str, Any] | None:
-    """The arm's per-prompt gain in `metric` over the reference curve at matched `quality`: the
-    prompt's own reference points, interpolated; extended past them at the mean curve's end slopes."""
+    """The arm's per-prompt gain in `metric` over the reference curve at matched `quality`, the
+    prompt's own reference points interpolated, never extrapolated. None when there is no curve
+    (fewer than two reference arms, or the arm not run). When the arm's mean quality lies outside the
+    span of the family's mean curve: `{"out_of_span": True, "mean": nan, ...}` and no per-prompt
+    numbers. Otherwise the statistics over the prompts where the arm lies inside the prompt's own
+    points (`prompts_out_of_span`: the others), "out_of_span": False."""
     m, q = per_prompt(records, metric), per_prompt(records, quality)
     present = [a for a in reference_arms if a in m and a in q]
-    if arm not in m or len(present) < 2:
+    if arm not in m or arm not in q or len(present) < 2:
         return None
-    slopes = _mean_end_slopes(m, q, present)
-    gains, by_prompt = [], {}
+    span = mean_span(records, present, quality)
+    arm_quality = float(np.mean(list(q[arm].values())))
+    base = {"span": list(span), "arm_quality": arm_quality}
+    if not span[0] <= arm_quality <= span[1]:
+        return {**_stats([]), **base, "out_of_span": True, "per_prompt": {}, "prompts_out_of_span": len(m[arm])}
+    gains, by_prompt, outside = [], {}, 0
     for prompt, value in m[arm].items():
         refs = [a for a in reference_arms if prompt in m.get(a, {}) and prompt in q.get(a, {})]
-        if len(refs) < 2 or prompt not in q.get(arm, {}):
+        if len(refs) < 2 or prompt not in q[arm]:
             continue
-        curve = curve_at([q[a][prompt] for a in refs], [m[a][prompt] for a in refs], q[arm][prompt], slopes)
+        curve = curve_at([q[a][prompt] for a in refs], [m[a][prompt] for a in refs], q[arm][prompt])
+        if curve is None:
+            outside += 1
+            continue
         gains.append(value - curve)
         by_prompt[prompt] = value - curve
     if not gains:
-        return None
-    return {**_stats(gains), "per_prompt": by_prompt}
+        return {**_stats([]), **base, "out_of_span": True, "per_prompt": {}, "prompts_out_of_span": outside}
+    return {**_stats(gains), **base, "out_of_span": False, "per_prompt": by_prompt, "prompts_out_of_span": outside}
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     mean, sem = mean_and_sem(values)
     return {"mean": mean, "sem": sem, "t": mean / sem if sem > 0 else math.nan,
-            "win_rate": float(np.mean([v > 0 for v in values])), "prompts": len(values)}
+            "win_rate": float(np.mean([v > 0 for v in values])) if len(values) else math.nan,
+            "prompts": len(values)}
 
 
 BOOTSTRAP_SEED = 0  # fixed: a re-analysis of the same records reports the same interval
@@ -141,8 +151,13 @@ def matched_contrast(records: list[dict[str, Any]], arm: str, families: Mapping[
     average). With `other`, the contrast is the arm's gain minus `other`'s gain against the same
     curve — the control contrasts (trained vs frozen, Distiller vs random prior) go through this same
     code, and a difference of gains against one curve compares the two arms at matched quality.
-    None when the arm (or `other`) has no gain against any family."""
-    gains = {f: g for f, refs in families.items() if (g := matched_gain(records, arm, refs, metric, quality))}
+    A family whose span does not hold the arm (or `other`) is listed in `families_out_of_span`, never
+    chosen. None when the arm (or `other`) has no gain against any family."""
+    found = {f: matched_gain(records, arm, refs, metric, quality) for f, refs in families.items()}
+    gains = {f: g for f, g in found.items() if g and not g["out_of_span"]}
+    if other is not None:  # the difference of gains needs both arms inside the family's span
+        gains = {f: g for f, g in gains.items()
+                 if (o := matched_gain(records, other, families[f], metric, quality)) and not o["out_of_span"]}
     common = set.intersection(*(set(g["per_prompt"]) for g in gains.values())) if gains else set()
     if not common:
         return None
@@ -161,7 +176,8 @@ def matched_contrast(records: list[dict[str, Any]], arm: str, families: Mapping[
     if result is None:
         return None
     return {"arm": arm, "other": other, "metric": metric, "quality": quality, "strongest_family": strongest,
-            "families": table, "families_without_curve": sorted(set(families) - set(gains)), **result}
+            "families": table, "families_without_curve": sorted(f for f, g in found.items() if g is None),
+            "families_out_of_span": sorted(f for f, g in found.items() if g and f not in gains), **result}
 
 
 def paired_difference(records: list[dict[str, Any]], a: str, b: str, metric: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -22,8 +23,10 @@ def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: in
             max_tokens_default: str | None = None) -> None:
     parser.add_argument("--url", help="a running server started with --sampling-backend esamp "
                                       "(default: start one on --model-path)")
-    parser.add_argument("--model-path", help="HF model folder (default: the bundled SmolLM2-135M-Instruct); "
-                                             "with --url it must be the server's model (tokenizer)")
+    from esamp_sgl.launch.registry import add_model_arguments
+
+    add_model_arguments(parser, "HF model folder (default: the bundled SmolLM2-135M-Instruct); "
+                                "with --url it must be the server's model (tokenizer)")
     parser.add_argument("--arms", default=preset,
                         help=f"a preset ({', '.join(PRESETS)}) or ';'-separated specs like "
                              f"'stock:T=0.7,min_p=0.05;esamp:rule=compensated,beta=3,min_p=0.05' (default {preset})")
@@ -37,13 +40,18 @@ def _common(parser: argparse.ArgumentParser, preset: str, n: int, max_tokens: in
     parser.add_argument("--output", required=True, help="directory for the JSON, PNG and markdown results")
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: dict[str, tuple[int, int]],
+           sweeps: bool = False) -> None:
+    """sweeps: the `paper` preset with its baseline sweeps (eval diversity)."""
+    from esamp_sgl.eval.servers import plan_servers
+
     for name, (lo, hi) in bounds.items():
         value = getattr(args, name)
         if value is not None and not lo <= value <= hi:
             parser.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {value}")
     try:
-        args.arm_list = parse_arms(args.arms)
+        args.arm_list = parse_arms(args.arms, sweeps=sweeps)
+        args.server_plans = plan_servers(args.arm_list, args.url)  # one server per profile
     except ValueError as exc:
         parser.error(f"--arms: {exc}")
     try:
@@ -57,11 +65,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, bounds: di
 
 @contextlib.contextmanager
 def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-    from esamp_sgl.launch.models import resolve_model_path
-
+    from esamp_sgl.launch.registry import resolve_args
+    from esamp_sgl.eval.servers import server_env
     from esamp_sgl.launch.server import SGLangServer, server_or_url
 
-    model = resolve_model_path(args.model_path)
+    model = resolve_args(args)  # --model NAME (prepared on first use) or --model-path
 
     def before_start(server: SGLangServer) -> None:
         def on_sigterm(*_: object) -> None:
@@ -73,11 +81,15 @@ def _server(args: argparse.Namespace) -> Iterator[tuple[str, Path, dict[str, Any
         signal.signal(signal.SIGTERM, on_sigterm)
         print(f"starting SGLang (--sampling-backend esamp) on {model} ...", file=sys.stderr)
 
-    with server_or_url(args.url, model, before_start=before_start) as (url, server):
+    # The profile this server runs (servers.plan_servers; None: the server's default), set per server.
+    profile = getattr(args, "server_profile", None)
+    env = server_env(profile, dict(os.environ))
+    with server_or_url(args.url, model, before_start=before_start, **({"env": env} if env else {})) as (url, server):
         if server is None:
             yield url, model, {"url": url}
         else:
-            yield url, model, {"started_by_eval": True, "startup_s": server.startup_seconds}
+            yield url, model, {"started_by_eval": True, "startup_s": server.startup_seconds,
+                               "profile_env": profile}
 
 
 def _bar(total: int, desc: str):
@@ -91,7 +103,11 @@ def diversity_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="esamp-sgl eval diversity", description=__import__(
         "esamp_sgl.eval.diversity", fromlist=["x"]).__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", default="creative",
-                        help="'creative' (30 bundled prompts) or a file: one per line, or JSONL with 'prompt'")
+                        help="'creative' (30 bundled prompts), 'stories' (30 bundled story first halves, the last 32 "
+                             "words as a plain-text prompt: the paper's creative protocol) or a file: one per line, "
+                             "or JSONL with 'prompt'")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap each prompt in the chat template (default: off for 'stories', on otherwise)")
     parser.add_argument("--limit", type=int, help="use the first N prompts")
     parser.add_argument("--replicates", type=int, default=2, help="independent repeats of every job (default 2)")
     parser.add_argument("--resume", action="store_true",
@@ -101,7 +117,7 @@ def diversity_main(argv: list[str]) -> int:
     _common(parser, "diversity", n=8, max_tokens=48)
     args = parser.parse_args(argv)
     _check(parser, args, {"n": (2, 64), "max_tokens": (1, 4096), "concurrency": (1, 256),
-                          "replicates": (1, 100), "limit": (1, 100_000)})
+                          "replicates": (1, 100), "limit": (1, 100_000)}, sweeps=True)
     from transformers import AutoTokenizer
 
     from esamp_sgl.eval import diversity
@@ -110,44 +126,63 @@ def diversity_main(argv: list[str]) -> int:
     from esamp_sgl.eval.tasks import load_prompts
     from esamp_sgl.launch.prompts import chat_prompt_ids
 
+    from esamp_sgl.eval import paper, servers
+    from esamp_sgl.eval.stories import STORIES, story_prompts
+
     try:
-        prompts = load_prompts(args.prompts)[:args.limit]
+        prompts = (story_prompts() if args.prompts == STORIES else load_prompts(args.prompts))[:args.limit]
     except ValueError as exc:
         parser.error(str(exc))
+    chat = args.prompts != STORIES if args.chat is None else args.chat
     embedder = SentenceEmbedder()  # fail before the long run if the embedding model is missing
     out = Path(args.output)
     started = time.time()
     if args.from_raw:  # re-score and re-analyse a run's generations (raw.json, or a partial journal)
         source = Path(args.from_raw)
         if source.suffix == ".jsonl":
-            from esamp_sgl.launch.models import resolve_model_path
+            from esamp_sgl.launch.registry import resolve_args
 
             results = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-            model, server_info = resolve_model_path(args.model_path), {"journal": str(source)}
+            model, server_info = resolve_args(args), {"journal": str(source)}
         else:
             raw = json.loads(source.read_text())
             results, model, server_info = raw["results"], raw["model"], raw["server"]
         wanted = {a.name for a in args.arm_list}
         results = [r for r in results if r["arm"] in wanted and r["prompt"] < len(prompts)]
     else:
-        with _server(args) as (url, model, server_info):
-            tok = AutoTokenizer.from_pretrained(model)
-            prompt_ids = [chat_prompt_ids(tok, p) for p in prompts]
-            total = len(prompts) * len(args.arm_list) * args.replicates
-            out.mkdir(parents=True, exist_ok=True)
-            journal = out / "generations.jsonl"
-            if journal.exists() and not args.resume:
-                journal.unlink()
-            with _bar(total, "diversity") as bar:
-                results = diversity.generate_all(ServerClient(url), prompt_ids, args.arm_list, args.n,
-                                                 args.max_tokens, args.replicates, args.concurrency, bar.update,
-                                                 journal=journal)
+        out.mkdir(parents=True, exist_ok=True)
+        journal = out / "generations.jsonl"
+        if journal.exists() and not args.resume:
+            journal.unlink()
+        results, server_infos, seen = [], [], []
+        for plan in args.server_plans:  # one server per profile, one after the other
+            args.server_profile = plan.profile
+            with _server(args) as (url, model, server_info):
+                tok = AutoTokenizer.from_pretrained(model)
+                prompt_ids = [chat_prompt_ids(tok, p) if chat else tok.encode(p) for p in prompts]
+                client = servers.ProfileRecorder(ServerClient(url))
+                names = {a.name for a in plan.arms}
+                with _bar(len(prompts) * len(plan.arms) * args.replicates,
+                          f"diversity ({plan.profile or 'default'} server)") as bar:
+                    # The journal holds every server's jobs: keep this server's (its arms) only.
+                    results += [r for r in diversity.generate_all(client, prompt_ids, plan.arms, args.n,
+                                                                  args.max_tokens, args.replicates, args.concurrency,
+                                                                  bar.update, journal=journal) if r["arm"] in names]
+            server_infos.append({**server_info, "telemetry_settings": client.settings})
+            seen.append(client.telemetry_profiles(plan.arms))
+        arm_servers, profile_notes = servers.arm_servers(args.server_plans, seen)
+        # Per arm: the server (and profile) that ran it and the profile its telemetry reported.
+        server_info = {"servers": server_infos, "arm_servers": arm_servers, "profile_notes": profile_notes}
         # The generations are the expensive part: keep them before anything else can fail.
         report.write_json(out / "raw.json", {"model": str(model), "server": server_info, "results": results})
     records = diversity.score(results, prompts, embedder)
     analysis = diversity.analyze(records, args.arm_list, args.primary_arm)
+    analysis["paper_contrasts"] = paper.diversity_contrasts(records, args.arm_list)
+    if isinstance(server_info, dict):  # an arm whose telemetry reported another profile than it asked for
+        analysis["paper_contrasts"]["notes"] += server_info.get("profile_notes", [])
+    analysis["matched_perplexity"] = paper.matched_table(records, args.arm_list, analysis["paper_contrasts"]["families"])
     config = {"command": "esamp-sgl eval " + " ".join(["diversity"] + argv), "model": str(model),
-              "prompts": prompts, "n": args.n, "max_tokens": args.max_tokens, "replicates": args.replicates,
+              "prompts": prompts, "chat": chat, "n": args.n, "max_tokens": args.max_tokens, "replicates": args.replicates,
               "concurrency": args.concurrency, "server": server_info, "primary": args.primary_arm.name,
               "arms": [{"name": a.name, "family": a.family, **a.model_dump(), "sampling_params": a.sampling_params()}
                        for a in args.arm_list],
@@ -178,7 +213,8 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
     for a in arms:
         s = summary[a.name]
         g = gains.get(ref, {}).get(a.name) if ref else None
-        gain = "—" if g is None else f"{g['mean']:+.3f} ± {g['sem']:.3f} ({g['win_rate']:.0%})"
+        gain = "—" if g is None else "out of span" if g["out_of_span"] else \
+            f"{g['mean']:+.3f} ± {g['sem']:.3f} ({g['win_rate']:.0%})"
         rows.append([a.name + (" ★" if a.name in analysis["pareto_front"] else ""),
                      report.fmt(s["vendi"], 2), report.fmt(s["cos_dist"]), report.fmt(s["distinct_2"]),
                      report.fmt(s["nll"]), report.fmt(s["rep3"]), report.fmt(s["on_topic"]),
@@ -202,6 +238,11 @@ def _diversity_outputs(out: Path, arms, analysis: dict[str, Any], config: dict[s
             crow.append([label, _fmt_diff(value), "", "", ""])
     lines.append(report.markdown_table(["contrast", "ΔVendi (or Δgain)", "ΔNLL", "Δdistinct-2", "Δrep-3"], crow))
     lines += _preregistered_lines(analysis["preregistered"])
+    if "paper_contrasts" in analysis:  # issue 20: matched perplexity (interpolated only), its contrasts
+        from esamp_sgl.eval import paper
+
+        lines += paper.diversity_summary_lines(summary, arms)
+        lines += paper.diversity_markdown_lines(analysis["paper_contrasts"], analysis["matched_perplexity"])
     (out / "diversity.md").write_text("\n".join(lines) + "\n")
 
 
@@ -246,6 +287,12 @@ def passk_main(argv: list[str]) -> int:
                         help="generated tasks: 1-5 (default 1; SmolLM2-135M greedy accuracy on 40 tasks: "
                              "arithmetic 22.5%%, worked 25%% (one-step problems; 2-5 are two or three steps))")
     parser.add_argument("--seed", type=int, default=0, help="generated tasks: generator seed (default 0)")
+    parser.add_argument("--split", choices=("dev", "heldout"), default="dev",
+                        help="gsm8k/humaneval: 'dev' (GSM8K test rows 0-999, even HumanEval tasks; default) or "
+                             "'heldout' (the rest, kept for independent checks); --count takes the first N")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished (task, arm) jobs in OUTPUT/generations.jsonl (same arguments) and "
+                             "run the rest; without it an earlier journal there is replaced")
     parser.add_argument("--k", default=None, help="comma-separated k values (default: powers of 2 up to n)")
     parser.add_argument("--stop", default=None,
                         help="stop string; default: newline for arithmetic, none for worked and files")
@@ -264,7 +311,7 @@ def passk_main(argv: list[str]) -> int:
         parser.error(f"--max-tokens must be in [{defaults.min_max_tokens}, 4096] for --task {args.task} (room for "
                      f"the worked solution and its 'Answer:' line), got {args.max_tokens}")
     try:
-        tasks = load_tasks(args.task, args.count, args.difficulty, args.seed)
+        tasks = load_tasks(args.task, args.count, args.difficulty, args.seed, split=args.split)
         ks = [int(k) for k in args.k.split(",")] if args.k else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -280,18 +327,38 @@ def passk_main(argv: list[str]) -> int:
     chat = defaults.chat if args.chat is None else args.chat
     out = Path(args.output)
     started = time.time()
-    with _server(args) as (url, model, server_info):
-        tok = AutoTokenizer.from_pretrained(model)
-        if chat:
-            prompt_ids = [chat_prompt_ids(tok, t["prompt"]) for t in tasks]
-        else:
-            prompt_ids = [tok.encode(t["prompt"]) for t in tasks]
-        with _bar(len(tasks) * (len(args.arm_list) + 1), "pass@k") as bar:
-            result = passk.run(ServerClient(url), tasks, prompt_ids, args.arm_list, args.n, args.max_tokens,
-                               stop, args.concurrency, bar.update, ks=ks)
+    from esamp_sgl.eval import paper, passk_curves, servers
+    from esamp_sgl.eval.journal import JOURNAL_NAME, PassKJournal
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / JOURNAL_NAME).exists() and not args.resume:
+        (out / JOURNAL_NAME).unlink()
+    journal = PassKJournal(out / JOURNAL_NAME)  # finished jobs, appended as they complete
+    parts, server_infos, seen = [], [], []
+    for plan in args.server_plans:  # one server per profile, one after the other
+        args.server_profile = plan.profile
+        with _server(args) as (url, model, server_info):
+            tok = AutoTokenizer.from_pretrained(model)
+            if chat:
+                prompt_ids = [chat_prompt_ids(tok, t["prompt"]) for t in tasks]
+            else:
+                prompt_ids = [tok.encode(t["prompt"]) for t in tasks]
+            client = servers.ProfileRecorder(ServerClient(url))
+            with _bar(len(tasks) * (len(plan.arms) + 1), f"pass@k ({plan.profile or 'default'} server)") as bar:
+                parts.append(passk.run(client, tasks, prompt_ids, plan.arms, args.n, args.max_tokens,
+                                       stop, args.concurrency, bar.update, ks=ks, journal=journal))
+        server_infos.append({**server_info, "telemetry_settings": client.settings})
+        seen.append(client.telemetry_profiles(plan.arms))
+    result = servers.merge_passk(parts)
+    server_info = server_infos[0] if len(server_infos) == 1 else server_infos
+    result["arm_servers"], profile_notes = servers.arm_servers(args.server_plans, seen)
     result["preregistered"] = passk.preregistered(result, args.arm_list, args.primary_arm, args.n)
+    result["curves"] = passk_curves.curves(result["per_task"], [a.name for a in args.arm_list], args.n)
+    result["paper_contrasts"] = paper.passk_contrasts(result["per_task"], args.arm_list, args.n)
+    result["paper_contrasts"]["notes"] += profile_notes
     config = {"command": "esamp-sgl eval " + " ".join(["passk"] + argv), "model": str(model),
-              "task": args.task, "count": len(tasks), "difficulty": args.difficulty, "seed": args.seed,
+              "task": args.task, "split": args.split, "count": len(tasks), "difficulty": args.difficulty,
+              "seed": args.seed,
               "n": args.n, "max_tokens": args.max_tokens, "stop": stop, "chat": chat, "server": server_info,
               "primary": args.primary_arm.name,
               "arms": [{"name": a.name, **a.model_dump(), "sampling_params": a.sampling_params()} for a in args.arm_list],
@@ -300,6 +367,9 @@ def passk_main(argv: list[str]) -> int:
     curves = {name: {k: v["mean"] for k, v in s["pass_at_k"].items()} for name, s in result["summary"].items()}
     report.passk_plot(out / "passk.png", curves, title=f"{args.task} ({len(tasks)} tasks, n={args.n}); "
                                                      f"greedy accuracy {result['greedy_accuracy']:.0%}")
+    report.passk_band_plot(out / "passk_curves.png", result["curves"],
+                           title=f"{args.task} ({len(tasks)} tasks, n={args.n}): pass@k, k = 1…{args.n}, 95 % bands")
+    arm_profiles = {a.name: (a.profile if a.needs_profile else "any") for a in args.arm_list}
     header = ["arm"] + [f"pass@{k}" for k in result["ks"]] + ["distinct answers", "distinct correct", "majority vote"]
     rows = [[name] + [report.fmt(s["pass_at_k"][k]) for k in result["ks"]]
             + [report.fmt(s["distinct_answers"], 2), report.fmt(s["distinct_correct"], 2),
@@ -311,11 +381,13 @@ def passk_main(argv: list[str]) -> int:
         f"# pass@k — {config['model']}", "", *([note, ""] if note else []), f"`{config['command']}`", "",
         f"{len(tasks)} tasks × n={args.n}; greedy accuracy {result['greedy_accuracy']:.1%}; "
         "mean ± s.e. over tasks.", "", report.markdown_table(header, rows),
-        *_passk_preregistered_lines(result["preregistered"])]) + "\n")
+        *_passk_preregistered_lines(result["preregistered"]),
+        *passk_curves.markdown_lines(result["curves"], args.n, arm_profiles),
+        *paper.passk_markdown_lines(result["paper_contrasts"])]) + "\n")
     print(f"greedy accuracy {result['greedy_accuracy']:.1%}; " + "; ".join(
         f"{n}: pass@1 {s['pass_at_k'][result['ks'][0]]['mean']:.3f}, pass@{result['ks'][-1]} "
         f"{s['pass_at_k'][result['ks'][-1]]['mean']:.3f}" for n, s in result["summary"].items()), file=sys.stderr)
-    print(f"wrote {out}/passk.json, passk.md, passk.png", file=sys.stderr)
+    print(f"wrote {out}/passk.json, passk.md, passk.png, passk_curves.png", file=sys.stderr)
     return 0
 
 

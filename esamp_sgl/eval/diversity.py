@@ -220,7 +220,7 @@ def _contrasts(records: list[dict[str, Any]], arms: Sequence[Arm], result: dict[
     for family, table in gains.items():
         best = {}
         for kind in ("esamp", "presence", "frequency"):
-            cands = [(g["mean"], n) for n, g in table.items() if by_name[n].kind == kind]
+            cands = [(g["mean"], n) for n, g in table.items() if by_name[n].kind == kind and not g["out_of_span"]]
             if cands:
                 best[kind] = max(cands)[1]
         baselines = [best[k] for k in ("presence", "frequency") if k in best]

@@ -157,7 +157,21 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
+# The paper's method (issue 20), run with --min-p 0.1 --temperature 1 (the tree needs a filter): its rule,
+# its noise control, and the sharpening the rule contains — `sharpen` at β 0.25 is (1+β)·ℓ over the same
+# candidates, i.e. stock at T = 1/(1+β) = 0.8 after truncation at T 1 — and today's default.
+PRESETS["paper"] = [
+    STOCK,
+    "esamp:profile=paper",
+    "esamp:profile=paper,rule=noise",
+    "esamp:rule=sharpen,beta=0.25",
+    "esamp:profile=bounded",
+]
+
 PRESET_NOTES: dict[str, list[str]] = {
+    "paper": ["Run at --min-p 0.1 --temperature 1. `esamp:rule=sharpen,beta=0.25` is stock at T 0.8 over the "
+              "T-1 candidates (what (1+β)·ℓ − β·d becomes when d carries nothing); the noise arm draws one "
+              "Gaussian vector per node (an expectation over that noise is not enumerated)."],
     "defaults": ["`esamp:beta=3,tilt_bound=10,fit_gate=false,prefill_warm_start=false` is the raw, ungated "
                  "tilt of shared/reference/esamp-signal-analysis.md (its compensated β=3: pass@16 0.503, "
                  "E[distinct] 5.11)."],

@@ -18,6 +18,7 @@ import numpy as np
 from esamp_sgl.eval import analysis
 from esamp_sgl.eval.arms import Arm
 from esamp_sgl.eval.client import ServerClient
+from esamp_sgl.eval.journal import PassKJournal, job_key
 from esamp_sgl.eval.metrics import mean_and_sem, pass_at_k
 from esamp_sgl.eval.tasks import worked_answer_text
 
@@ -31,8 +32,8 @@ def answer_text(task: dict[str, Any], text: str) -> str:
 def verifier_for(task: dict[str, Any]):
     from esamp_sgl.eval.verifiers import MathAnswerVerifier, PythonTestsVerifier
 
-    if "answer" not in task:
-        return PythonTestsVerifier(task["tests"])
+    if "answer" not in task:  # "code_prefix": a completion task (HumanEval) whose prompt the answer continues
+        return PythonTestsVerifier(task["tests"], prefix=task.get("code_prefix", ""))
     verify = MathAnswerVerifier(task["answer"])
     return lambda text: verify(answer_text(task, text))
 
@@ -50,8 +51,10 @@ def _answer_key(task: dict[str, Any], text: str) -> str:
 
 def run(client: ServerClient, tasks: Sequence[dict[str, Any]], prompt_ids: Sequence[list[int]],
         arms: Sequence[Arm], n: int, max_tokens: int, stop: Sequence[str] | None, concurrency: int,
-        progress: Callable[[], None] | None = None, ks: Sequence[int] | None = None) -> dict[str, Any]:
-    """ks: the k of pass@k (default: powers of 2 up to n)."""
+        progress: Callable[[], None] | None = None, ks: Sequence[int] | None = None,
+        journal: "PassKJournal | None" = None) -> dict[str, Any]:
+    """ks: the k of pass@k (default: powers of 2 up to n). journal: every finished job is appended to
+    it as it completes, and a job it already holds (same key) is not generated again (`--resume`)."""
     verifiers = [verifier_for(t) for t in tasks]
     jobs = [(t, arm) for t in range(len(tasks)) for arm in arms] + [(t, None) for t in range(len(tasks))]
 
@@ -61,10 +64,16 @@ def run(client: ServerClient, tasks: Sequence[dict[str, Any]], prompt_ids: Seque
             params, name, count = {"temperature": 0.0}, "greedy", 1
         else:
             params, name, count = arm.sampling_params(), arm.name, n
-        gen = client.generate(prompt_ids[t], count, max_tokens, params, stop=stop)
+        key = job_key(t, name, prompt_ids[t], count, max_tokens, stop)
+        texts = journal.finished(key) if journal is not None else None
+        if texts is None:
+            gen = client.generate(prompt_ids[t], count, max_tokens, params, stop=stop)
+            texts = [s.text for s in gen.samples]
+            if journal is not None:
+                journal.record(key, texts)
         if progress:
             progress()
-        return t, name, [s.text for s in gen.samples]
+        return t, name, texts
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         outputs = list(pool.map(job, jobs))

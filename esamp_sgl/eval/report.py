@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -103,19 +104,19 @@ def _short_label(arm: str) -> str:
     return "T" + rest.split("-")[0] if head == "stock" else head
 
 
-def passk_plot(path: Path, curves: dict[str, dict[int, float]], title: str = "") -> None:
+@contextlib.contextmanager
+def _passk_axes(path: Path, title: str, ylabel: str, size: tuple[float, float]) -> Iterator[Any]:
+    """A pass@k figure (log2 k axis): yields the axes, then labels, saves to `path` and closes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for arm, curve in curves.items():
-        ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", label=arm)
+    fig, ax = plt.subplots(figsize=size)
+    yield ax
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")
-    ax.set_ylabel("pass@k (unbiased estimator)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -123,3 +124,20 @@ def passk_plot(path: Path, curves: dict[str, dict[int, float]], title: str = "")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def passk_plot(path: Path, curves: dict[str, dict[int, float]], title: str = "") -> None:
+    with _passk_axes(path, title, "pass@k (unbiased estimator)", (7, 5)) as ax:
+        for arm, curve in curves.items():
+            ks = sorted(curve)
+            ax.plot(ks, [curve[k] for k in ks], marker="o", label=arm)
+
+
+def passk_band_plot(path: Path, curves: dict[str, dict[int, dict[str, Any]]], title: str = "") -> None:
+    """pass@k for k = 1…n per arm, each with its 95 % interval as a shaded band (log2 k axis)."""
+    with _passk_axes(path, title, "pass@k (unbiased; band: 95 % bootstrap over tasks)", (8, 5.5)) as ax:
+        for arm, curve in curves.items():
+            ks = sorted(curve)
+            line, = ax.plot(ks, [curve[k]["mean"] for k in ks], label=arm, linewidth=1.4)
+            ax.fill_between(ks, [curve[k]["ci95"][0] for k in ks], [curve[k]["ci95"][1] for k in ks],
+                            color=line.get_color(), alpha=0.12, linewidth=0)

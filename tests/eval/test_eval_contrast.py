@@ -226,14 +226,10 @@ def test_diversity_cli_from_raw_reports_the_preregistered_contrast(monkeypatch, 
     assert "## Pre-registered contrast" in md and "random prior" in md
 
 
-def test_matched_gain_extends_a_prompt_curve_at_the_mean_curves_slope():
-    # The family's mean curve is vendi = nll (slope 1). Prompt 1's own two points are close in NLL and
-    # far in Vendi (slope 20): extended from them, the curve at NLL 0.5 would read -19; continued at
-    # the mean slope from its nearer end it reads 0.5, so the arm at (0.5, 1.5) gains 1.0 there too.
+def test_matched_gain_does_not_extend_a_prompt_curve_past_its_points():
+    # The family's mean curve spans NLL [1, 2.05]; the arm at NLL 0.5 lies below it: no number at all
+    # (extended, prompt 1's own two points, close in NLL and far in Vendi, would have read -19 there).
     points = {"a": [(1.0, 1.0), (1.0, 1.0)], "b": [(3.0, 3.0), (1.1, 3.0)], "arm": [(0.5, 1.5), (0.5, 1.5)]}
-    m = {arm: {p: v for p, (_, v) in enumerate(per)} for arm, per in points.items()}
-    slopes = (np.mean([3.0, 3.0]) - 1.0) / (np.mean([3.0, 1.1]) - 1.0)
     gain = analysis.matched_gain(_records(points), "arm", ["a", "b"])
-    assert gain["per_prompt"][0] == pytest.approx(1.5 - (1.0 + (0.5 - 1.0) * slopes))
-    assert gain["per_prompt"][1] == pytest.approx(1.5 - (1.0 + (0.5 - 1.0) * slopes))
-    assert m["arm"][1] - gain["per_prompt"][1] > -19  # not the prompt's own slope extended
+    assert gain["out_of_span"] and gain["per_prompt"] == {} and math.isnan(gain["mean"])
+    assert gain["span"] == [pytest.approx(1.0), pytest.approx(2.05)]

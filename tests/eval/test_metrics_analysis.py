@@ -55,17 +55,14 @@ def test_pass_at_k_equals_brute_force_over_subsets(n, c):
         pass_at_k(4, 5, 1)
 
 
-def test_curve_interpolates_and_extrapolates_linearly():
+def test_curve_interpolates_and_never_extrapolates():
     xs, ys = [1.0, 2.0, 3.0], [1.0, 3.0, 4.0]
     assert analysis.curve_at(xs, ys, 1.5) == pytest.approx(2.0)
     assert analysis.curve_at(xs, ys, 2.5) == pytest.approx(3.5)
-    assert analysis.curve_at(xs, ys, 0.0) == pytest.approx(-1.0)  # first segment extended
-    assert analysis.curve_at(xs, ys, 4.0) == pytest.approx(5.0)  # last segment extended
+    assert analysis.curve_at(xs, ys, 1.0) == pytest.approx(1.0) and analysis.curve_at(xs, ys, 3.0) == pytest.approx(4.0)
+    assert analysis.curve_at(xs, ys, 0.0) is None  # outside the measured span: not known
+    assert analysis.curve_at(xs, ys, 4.0) is None
     assert analysis.curve_at(list(reversed(xs)), list(reversed(ys)), 1.5) == pytest.approx(2.0)
-    # With slopes (the mean curve's end slopes): the end point continued at them, inside unchanged.
-    assert analysis.curve_at(xs, ys, 0.0, slopes=(0.5, 4.0)) == pytest.approx(1.0 - 0.5)
-    assert analysis.curve_at(xs, ys, 4.0, slopes=(0.5, 4.0)) == pytest.approx(ys[-1] + 4.0 * (4.0 - xs[-1]))
-    assert analysis.curve_at(xs, ys, 1.5, slopes=(0.5, 4.0)) == pytest.approx(2.0)
 
 
 def test_matched_gain_per_prompt_and_replicates_averaged():
@@ -130,7 +127,7 @@ def test_presets_hold_the_preregistered_families():
     assert kinds("diversity") == sorted(["stock"] * 4 + ["tat"] * 3 + ["esamp"] * 2 + ["frozen", "random"]
                                         + ["presence"] * 2)
     assert kinds("passk") == sorted(["stock"] * 3 + ["tat"] * 2 + ["esamp"] * 2 + ["frozen", "random", "presence"])
-    for preset in PRESETS:
+    for preset in set(PRESETS) - {"paper"}:  # the paper's preset runs without a filter (test_eval_paper.py)
         arms = parse_arms(preset)
         assert parse_arm(PRIMARY_ARM).name in {a.name for a in arms}
         assert all(a.min_p == 0.05 for a in arms)
