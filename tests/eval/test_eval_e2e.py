@@ -43,7 +43,10 @@ def test_diversity_eval_end_to_end(esamp_server, model_path, tmp_path):
     pre = data["preregistered"]
     assert pre["primary"] is None and pre["notes"]  # the default primary arm (β = 1) is not among these arms
     (trained_vs_frozen,) = pre["secondary"].values()  # through the same code: gains against the one stock curve
-    assert trained_vs_frozen["strongest_family"] == "stock, min-p 0.05 (T sweep)" and trained_vs_frozen["prompts"] == 2
+    # Per prompt the curve is read only inside its own two points: a prompt where either arm's NLL falls
+    # outside them is left out of the contrast (never extrapolated), so 1 or 2 of the 2 prompts remain.
+    assert trained_vs_frozen["strongest_family"] == "stock, min-p 0.05 (T sweep)"
+    assert 1 <= trained_vs_frozen["prompts"] <= 2
     assert "## Pre-registered contrast" in (out / "diversity.md").read_text()
     for png in ("vendi_vs_nll.png", "cosdist_vs_nll.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

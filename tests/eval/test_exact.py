@@ -77,7 +77,8 @@ def test_arm_specs_are_esamp_config_fields_with_clear_errors():
 def test_cli_rejects_bad_flags_naming_them(capsys):
     for argv, message in ((["--depth", "0"], "--depth must be an integer in [1, 16], got 0"),
                           (["--min-p", "0"], "--min-p must be in (0, 1], got 0"),
-                          (["--arms", "esamp:tilt_bound=0"], "--arms: arm 'esamp:tilt_bound=0': esamp_tilt_bound")):
+                          (["--arms", "esamp:tilt_bound=-1"],
+                           "--arms: arm 'esamp:tilt_bound=-1': esamp_tilt_bound must be a finite number in [0, 10]")):
         with pytest.raises(SystemExit):
             exact.main(argv + ["--output", "unused"])
         assert message in capsys.readouterr().err
