@@ -22,20 +22,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.rules import BOUNDED_SIGNALS, GATED_SIGNALS, RULE_SIGNAL, RULES
+from esamp_sgl.core.rules import BOUNDED_SIGNALS, RULE_SIGNAL, RULES
 
 TILT_FLOOR = 0.5  # σ₀ above: the least spread (nats) a bounded tilt may have, whatever the model's
 
 # Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
 # materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
 _CHUNK_ELEMS = 1 << 24
-
-
-def reads_distiller(rules: str | Sequence[str], rows: int, device: torch.device) -> Tensor:
-    """[R] bool (or a 0-d tensor for one rule): the rows whose rule reads the Distiller (d or its error)."""
-    if isinstance(rules, str):
-        return torch.tensor(RULE_SIGNAL[rules] in GATED_SIGNALS, device=device)
-    return host_mask([RULE_SIGNAL[r] in GATED_SIGNALS for r in rules], device)
 
 
 def bounded_tilt(scaled_signal: Tensor, scaled_logits: Tensor, bound: float) -> Tensor:

@@ -14,7 +14,7 @@ from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.plan import RowGroups, plan_from_device
 from esamp_sgl.core.latent import error_noise, latent_scores
-from esamp_sgl.core.reweight import host_mask, reads_distiller, reweighted_logits, sample_candidates
+from esamp_sgl.core.reweight import host_mask, reweighted_logits, sample_candidates
 from esamp_sgl.core.rules import GATED_SIGNALS, LATENT_VECTOR, RULE_SIGNAL, signals_needed
 from esamp_sgl.core.telemetry import candidate_corr
 
@@ -96,13 +96,18 @@ def predict(ex: Explorer, batch: StepBatch) -> Tensor:
     return ex.bank(batch.source, batch.slots, groups=batch.groups)
 
 
+def reads_distiller(rule: str) -> bool:
+    """The rule reads the group's Distiller (its d, or the size of its error): the fit gate scales it."""
+    return RULE_SIGNAL[rule] in GATED_SIGNALS
+
+
 def gated_betas(ex: Explorer, batch: StepBatch) -> Tensor:
     """β per row, times the group's fit gate for the rules that read the Distiller."""
     if isinstance(batch.rules, str):  # one rule: decided on the host (no device scalar to copy)
-        gated_one = RULE_SIGNAL[batch.rules] in GATED_SIGNALS
-        return batch.betas * ex.gate.factor(batch.slots) if gated_one else batch.betas
-    gated = reads_distiller(batch.rules, batch.slots.shape[0], batch.betas.device)
-    return torch.where(gated, batch.betas * ex.gate.factor(batch.slots), batch.betas)
+        return batch.betas * ex.gate.factor(batch.slots) if reads_distiller(batch.rules) else batch.betas
+    gated = rule_rows(batch.rules, reads_distiller, batch.betas.device)
+    return batch.betas if gated is None else torch.where(gated, batch.betas * ex.gate.factor(batch.slots),
+                                                         batch.betas)
 
 
 def reweight(ex: Explorer, batch: StepBatch, h_hat: Tensor | None = None) -> Reweighted:
