@@ -206,9 +206,13 @@ PAPER_ARM = "esamp:profile=paper,beta=0.25"
 VANILLA_ARM = "stock:T=1"
 SHARPENING_ARM = "stock:T=0.8"  # (1+β)ℓ − β·d with d carrying nothing: T = 1/(1+0.25)
 NOISE_ARM = "noise:profile=paper,beta=0.25"
+MIN_P_ARM = "stock:T=1,min_p=0.1"  # the paper's truncation baseline
 BOUNDED_ARM = "esamp:profile=bounded,rule=compensated,beta=1"
-PRESETS["paper"] = [VANILLA_ARM, "stock:T=1,min_p=0.1", PAPER_ARM, NOISE_ARM, SHARPENING_ARM, "presence:beta=1",
+PRESETS["paper"] = [VANILLA_ARM, MIN_P_ARM, PAPER_ARM, NOISE_ARM, SHARPENING_ARM, "presence:beta=1",
                     BOUNDED_ARM]
+# Issue 22 (larger models, public tasks): the paper's two baselines, its method and its control; the
+# other paper arms (presence, today's default) join a run later through `--resume` if time allows.
+PRESETS["paper-core"] = [VANILLA_ARM, MIN_P_ARM, PAPER_ARM, NOISE_ARM]
 # For `eval diversity --arms paper`: every baseline family swept far enough that its curve spans the
 # compared arms' perplexity (matched-perplexity comparisons interpolate only): temperature, presence β
 # at T 1, min-p at T 1 (each sweep's strength-0 point is vanilla, already in the preset).

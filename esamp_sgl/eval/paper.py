@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from esamp_sgl.eval import analysis
-from esamp_sgl.eval.arms import (BOUNDED_ARM, NOISE_ARM, PAPER_ARM, SHARPENING_ARM, VANILLA_ARM, Arm,
+from esamp_sgl.eval.arms import (BOUNDED_ARM, MIN_P_ARM, NOISE_ARM, PAPER_ARM, SHARPENING_ARM, VANILLA_ARM, Arm,
                                  parse_arm)
 from esamp_sgl.eval.metrics import pass_at_k
 
@@ -35,6 +35,8 @@ PREREGISTERED_CONTRASTS: tuple[Contrast, ...] = (
     Contrast("paper − vanilla", PAPER_ARM, VANILLA_ARM),
     Contrast("paper − stock T 0.8 (the rule's sharpening alone)", PAPER_ARM, SHARPENING_ARM),
     Contrast("paper − noise control", PAPER_ARM, NOISE_ARM),
+    # added for issue 22 before its runs (the 135M runs of issue 20 report it where both arms ran)
+    Contrast("paper − min-p 0.1", PAPER_ARM, MIN_P_ARM),
     Contrast("paper − today's default (bounded, compensated β 1)", PAPER_ARM, BOUNDED_ARM),
 )
 PASSK_CONTRAST_KS = (16, 64)
