@@ -25,7 +25,9 @@ TOUCH_POINTS: dict[str, str] = {
     "sglang.srt.runtime_context.get_exec": "scoped stock-backend override for the stock sampling path",
     "sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends": "taps + model handles",
     "sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store": "final-norm target",
-    "sglang.srt.layers.logits_processor.LogitsProcessor.forward": "every prompt position, for the warm start",
+    "sglang.srt.layers.logits_processor.LogitsProcessor.forward":
+        "every prompt position, for the warm start; latent mixing before the LM head (decode)",
+    "sglang.srt.layers.logits_processor.LogitsProcessor._get_logits": "projects the mixed final states",
     "sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len":
         "an ESamp prompt cached without its warm-start pairs is recomputed",
     "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch": "row metadata",

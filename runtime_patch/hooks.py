@@ -11,6 +11,7 @@ import logging
 
 from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest, check_request_profile
 from esamp_sgl.core.explorer import Explorer
+from runtime_patch import head_mix
 from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
 from runtime_patch.runtime import ESampRuntime
 from runtime_patch.settings import load_server_config
@@ -107,26 +108,35 @@ def rows_copy_for_forward(result, info):
     return result
 
 
-# -- prefill warm start ---------------------------------------------------------------------------
-def warm_start_on_extend(original, processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs):
-    """AROUND LogitsProcessor.forward: the only place that sees every position of an extend (the
-    sampler gets the last one); a prefill-only batch (the n>1 prefix-warming request) never reaches
-    the sampler at all. Runs before the original, so a warm start precedes the first token's draw."""
-    runtime = STATE.runtime
+# -- the logits processor: prefill warm start, latent mixing before the LM head ----------------------
+def on_logits_forward(original, processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs):
+    """AROUND LogitsProcessor.forward. Extend: the prefill warm start (before the original, so that it
+    precedes the first token's draw). Decode: the paper's latent mixing before the LM head
+    (head_mix.py)."""
     forward_mode = getattr(logits_metadata, "forward_mode", None)
-    if runtime is not None and forward_mode is not None and forward_mode.is_extend():
-        rows = rows_of(getattr(logits_metadata, "sampling_info", None))
-        aux = kwargs.get("aux_hidden_states", args[0] if args else None)
-        lens = getattr(logits_metadata, "extend_seq_lens_cpu", None)
-        if runtime.wants_prompt_positions(rows) and aux is not None and lens is not None:
-            try:
-                runtime.warm_start_from_extend(
-                    rows, list(lens), lambda start, n: prompt_positions(aux, hidden_states, start, n))
-            except Exception:  # a warm start must never take the forward down; counted in telemetry
-                runtime.warm_start_failures += 1
-                logger.exception("esamp: prefill warm start failed (%d so far); the group starts from init "
-                                 "(gate shut)", runtime.warm_start_failures)
+    if STATE.runtime is not None and forward_mode is not None and forward_mode.is_decode():
+        return head_mix.mix_on_decode(STATE.runtime, original, processor, input_ids, hidden_states, lm_head,
+                                      logits_metadata, *args, **kwargs)
+    if forward_mode is not None and forward_mode.is_extend():
+        warm_start_on_extend(hidden_states, logits_metadata, *args, **kwargs)
     return original(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs)
+
+
+def warm_start_on_extend(hidden_states, logits_metadata, *args, **kwargs) -> None:
+    """The only place that sees every position of an extend (the sampler gets the last one); a
+    prefill-only batch (the n>1 prefix-warming request) never reaches the sampler at all."""
+    runtime = STATE.runtime
+    if runtime is None:
+        return
+    rows = rows_of(getattr(logits_metadata, "sampling_info", None))
+    aux = kwargs.get("aux_hidden_states", args[0] if args else None)
+    lens = getattr(logits_metadata, "extend_seq_lens_cpu", None)
+    if runtime.wants_prompt_positions(rows) and aux is not None and lens is not None:
+        try:
+            runtime.warm_start_from_extend(
+                rows, list(lens), lambda start, n: prompt_positions(aux, hidden_states, start, n))
+        except Exception as exc:  # never take the forward down: counted, logged, in the server summary
+            runtime.count_warm_start_failure(exc)
 
 
 def recompute_uncaptured_prompt(original, req, input_len, *args, **kwargs):

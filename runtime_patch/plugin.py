@@ -46,14 +46,15 @@ def _register_resolution_hooks() -> None:
 def _register_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from runtime_patch import dp_routing, hooks, taps
+    from runtime_patch import dp_routing, head_mix, hooks, taps
 
     after, around = HookType.AFTER, HookType.AROUND
     for target, fn, kind in (
         ("sglang.srt.model_executor.model_runner.ModelRunner.init_attention_backends", hooks.bind_model, after),
         ("sglang.srt.layers.logits_processor.LogitsProcessor._get_hidden_states_to_store",
          taps.append_final_norm_state, around),
-        ("sglang.srt.layers.logits_processor.LogitsProcessor.forward", hooks.warm_start_on_extend, around),
+        ("sglang.srt.layers.logits_processor.LogitsProcessor.forward", hooks.on_logits_forward, around),
+        ("sglang.srt.layers.logits_processor.LogitsProcessor._get_logits", head_mix.project_mixed, around),
         ("sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len", hooks.recompute_uncaptured_prompt, around),
         ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.adjusted_from_schedule_batch",
          hooks.rows_from_schedule_batch, after),

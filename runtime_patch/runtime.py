@@ -51,6 +51,9 @@ class RowPlan:
     rules: str | list[str]  # one name when every row has the same rule
     any_active: bool
     groups: RowGroups | None = None  # the rows with a slot grouped per slot (esamp_sgl/core/plan.py)
+    # The host values behind `slots` and `betas` (the sampler checks them before launch: launch_checks.py).
+    host_slots: tuple[int, ...] = ()
+    host_betas: tuple[float, ...] = ()
 
 
 class ESampRuntime:
@@ -61,7 +64,12 @@ class ESampRuntime:
         self.members: dict[str, Member] = {}  # rid -> membership
         self.prompt_pairs = PromptPairs(config.warm_start_prompts, config.warm_start_max_positions)
         self.steps = 0
-        # Prefill warm starts that raised (e.g. out of memory): those groups start from init, gate shut.
+        # Decode steps whose latent rows were mixed before the LM head (head_mix.py); the others mix
+        # after it (the first token, CUDA-graph replays).
+        self.head_mix_steps = 0
+        self.head_mix_failures = 0  # forwards left stock because the mix before the head raised
+        # Prefill warm starts that raised (e.g. out of memory): those groups start from init, gate shut
+        # (count_warm_start_failure; reported in summary()).
         self.warm_start_failures = 0
         self.dp_rank: int | None = None  # SGLang's DP rank of this scheduler (None: no --dp-size > 1)
         # Online weight updates seen (runtime_patch/weight_sync.py) and a fingerprint of the LM head
@@ -153,7 +161,31 @@ class ESampRuntime:
                 continue
             pairs = self.prompt_pairs.pairs(span.prompt_key)
             if pairs is not None and pairs[0].shape[0] >= MIN_WARM_START_POSITIONS:
-                self.explorer.warm_start_group(member.group, *pairs)
+                try:
+                    self.explorer.warm_start_group(member.group, *pairs)
+                except Exception as exc:  # one group's failure must not cost the others theirs
+                    self.count_warm_start_failure(exc, member.group)
+
+    def count_warm_start_failure(self, exc: BaseException, group: str | None = None) -> None:
+        """Count a prefill warm start that raised (summary: `warm_start_failures`; the group's
+        telemetry: `warm_start_failed`) and log it once with its reason (the traceback the first
+        time only: a recurring cause, e.g. out of memory, would flood the log). The group decodes
+        from init without a warm start (Explorer.warm_start_group says how)."""
+        self.warm_start_failures += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        where = "" if group is None else f" for group {group!r}"
+        logger.warning("esamp: prefill warm start failed%s (%d so far): %s; the group decodes from init "
+                       "without a warm start (gate shut until measured)", where, self.warm_start_failures,
+                       reason, exc_info=exc if self.warm_start_failures == 1 else None)
+
+    def count_head_mix_failure(self, exc: BaseException) -> None:
+        """Count a forward whose mix before the LM head raised or failed its checks (summary:
+        `head_mix_failures`); the first and every 1000th are logged with the reason."""
+        self.head_mix_failures += 1
+        if self.head_mix_failures == 1 or self.head_mix_failures % 1000 == 0:
+            logger.warning("esamp: latent mixing before the LM head failed (%d so far): %s: %s; this forward "
+                           "is stock, the sampler mixes after the head", self.head_mix_failures,
+                           type(exc).__name__, exc, exc_info=exc if self.head_mix_failures == 1 else None)
 
     # -- per step -----------------------------------------------------------------------------------
     def plan(self, rows: BatchRows, device: torch.device) -> RowPlan:
@@ -186,6 +218,8 @@ class ESampRuntime:
             rules=rules[0] if rules and rules.count(rules[0]) == len(rules) else rules,  # one rule: a str
             any_active=any_active,
             groups=build(views[3:]) if build is not None else None,
+            host_slots=tuple(slots),
+            host_betas=tuple(betas),
         )
 
     def slots_in_use(self) -> int:
@@ -200,6 +234,8 @@ class ESampRuntime:
             "stock_groups": self.explorer.groups.stock_groups,
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
+            "head_mix_steps": self.head_mix_steps,
+            "head_mix_failures": self.head_mix_failures,
             "warm_start_failures": self.warm_start_failures,
             "dp_rank": self.dp_rank,
             "weight_updates": self.weight_updates,

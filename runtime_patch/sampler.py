@@ -17,6 +17,18 @@ SGLang itself does when TP sync or a grammar replaces a token), so `selected_log
 filtered log-probability of the token actually emitted, and a token outside the support is reported
 INVALID (SGLang then aborts the request) instead of passing silently. It is not ESamp's own sampling
 probability (the behaviour policy after reweighting): explore_step does not return that.
+
+Failures never take the server down: an exception in the exploration step samples the batch stock
+and counts it in `ESampSampler.failures`. On CUDA a fault inside a kernel (e.g. an out-of-range
+index in an index_select/gather) is not an exception at launch: it surfaces asynchronously at a later
+sync, outside any `except` here, and leaves the CUDA context unusable. So before launching anything,
+everything the step indexes with or sizes its kernels by that comes from the host is checked on the
+host (runtime_patch/launch_checks.py: slot ids against the bank, rule names, β ranges, the taps'
+[rows, H] and the scores' [rows, V] shapes, dtypes and devices); a failed check samples the batch
+stock, counted and logged with its reason. Not checkable before launch: faults on values computed on
+the device inside kernels (a library kernel's illegal access, ids drawn from corrupted
+probabilities). Those still surface at the next sync and fail the scheduler process, as the same
+fault in SGLang's own kernels would.
 """
 
 from __future__ import annotations
@@ -30,11 +42,14 @@ from sglang.srt.layers.logits_processor import SamplingMaskStatus
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec, get_platform
 
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.step import HeadInput, StepBatch, explore_step
+from runtime_patch.launch_checks import check_step
 from runtime_patch.rows import rows_of
 from runtime_patch.runtime import ESampRuntime, RowPlan
 
 logger = logging.getLogger("esamp_sgl.sampler")
+
+STEP_ATTR = "_esamp_step"  # on a LogitsProcessorOutput whose forward mixed before the LM head
 
 
 def stock_backend_name() -> str:
@@ -47,6 +62,46 @@ class StepContext:
     plan: RowPlan
     source: torch.Tensor
     target: torch.Tensor
+    head: HeadInput | None = None  # the latent mixing done before the LM head (head_mix.py), if any
+
+
+def step_context(runtime: ESampRuntime | None, sampling_info, hidden_states) -> StepContext | None:
+    """The step's row plan and taps, or None when no row of the batch explores. `hidden_states`: the
+    captured [rows, width] streams (Taps.split)."""
+    rows = rows_of(sampling_info)
+    if runtime is None or rows is None or not rows.any_requested:
+        return None
+    if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
+        return None  # e.g. an idle/dummy batch: nothing captured for these rows
+    plan = runtime.plan(rows, hidden_states.device)
+    if not plan.any_active:
+        return None
+    source, target = runtime.taps.split(hidden_states)
+    return StepContext(plan, source, target)
+
+
+def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
+    """The core's view of the step (esamp_sgl.core.step.StepBatch); logits and probs are None inside
+    the forward, before the LM head."""
+    return StepBatch(
+        logits=logits,
+        temperatures=sampling_info.temperatures.view(-1),
+        top_k=sampling_info.top_ks,
+        top_p=sampling_info.top_ps,
+        min_p=sampling_info.min_ps,
+        is_greedy=sampling_info.top_ks <= 1,  # SGLang turns temperature 0 into top_k = 1
+        slots=step.plan.slots,
+        betas=step.plan.betas,
+        source=step.source,
+        target=step.target,
+        any_active=step.plan.any_active,
+        rules=step.plan.rules,
+        probs=probs,
+        train=step.plan.train,
+        groups=step.plan.groups,
+        h_hat=None if step.head is None else step.head.h_hat,
+        premixed=None if step.head is None else step.head.mixed,
+    )
 
 
 class ESampSampler(Sampler):
@@ -60,7 +115,9 @@ class ESampSampler(Sampler):
     # capture -> (SGLang: temperature, softmax) -> predict -> reweight -> sample -> train
     def forward(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
                 positions, **kwargs):
-        self._step = self._prepare(logits_output.hidden_states, sampling_info)
+        # The forward's head-mix hook built the step already when it mixed before the LM head.
+        self._step = (getattr(logits_output, STEP_ATTR, None)
+                      or self._step_context(sampling_info, logits_output.hidden_states))
         try:
             ids = super().forward(logits_output, sampling_info, return_logprob, top_logprobs_nums,
                                   token_ids_logprobs, positions, **kwargs)
@@ -107,40 +164,31 @@ class ESampSampler(Sampler):
             mask_capture = mask_capture._replace(selected_weight=None)
         return ids.to(torch.int32), mask_capture  # SGLang's draws (torch and FlashInfer) are int32
 
-    def _prepare(self, hidden_states, sampling_info) -> StepContext | None:
-        rt = self.runtime
-        rows = rows_of(sampling_info)
-        if rt is None or rows is None or not rows.any_requested:
+    def _count_failure(self, reason: str) -> None:
+        """A batch sampled stock because a check before launch failed: counted and logged with its
+        reason (the first time, then every 1000th, as for an exception in the step)."""
+        self.failures += 1
+        if self.failures == 1 or self.failures % 1000 == 0:
+            logger.warning("esamp: exploration step not launched (%d failures so far): %s; sampling stock",
+                           self.failures, reason)
+
+    def _step_context(self, sampling_info, hidden_states) -> StepContext | None:
+        """step_context, but a plan or taps that cannot be built (e.g. captured streams of the wrong
+        width) samples the batch stock instead of raising out of the forward."""
+        try:
+            return step_context(self.runtime, sampling_info, hidden_states)
+        except Exception as exc:
+            self._count_failure(f"{type(exc).__name__}: {exc}")
             return None
-        if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
-            return None  # e.g. an idle/dummy batch: nothing captured for these rows
-        plan = rt.plan(rows, hidden_states.device)
-        if not plan.any_active:
-            return None
-        source, target = rt.taps.split(hidden_states)
-        return StepContext(plan, source, target)
 
     def _explore(self, step: StepContext, logits, probs, sampling_info,
                  stock: Callable[[], torch.Tensor]) -> torch.Tensor:
         stock_once = _once(stock)
-
-        batch = StepBatch(
-            logits=logits,
-            temperatures=sampling_info.temperatures.view(-1),
-            top_k=sampling_info.top_ks,
-            top_p=sampling_info.top_ps,
-            min_p=sampling_info.min_ps,
-            is_greedy=sampling_info.top_ks <= 1,  # SGLang turns temperature 0 into top_k = 1
-            slots=step.plan.slots,
-            betas=step.plan.betas,
-            source=step.source,
-            target=step.target,
-            any_active=step.plan.any_active,
-            rules=step.plan.rules,
-            probs=probs,
-            train=step.plan.train,
-            groups=step.plan.groups,
-        )
+        reason = launch_check(self.runtime, step, sampling_info, probs if probs is not None else logits)
+        if reason is not None:
+            self._count_failure(reason)
+            return stock_once()
+        batch = step_batch(step, sampling_info, logits, probs)
         try:
             return explore_step(self.runtime.explorer, batch, stock_once)
         except Exception:  # a sampler plugin must never take the server down
@@ -148,6 +196,16 @@ class ESampSampler(Sampler):
             if self.failures == 1 or self.failures % 1000 == 0:
                 logger.exception("esamp: exploration step failed (%d so far); sampling stock", self.failures)
             return stock_once()
+
+
+def launch_check(runtime: ESampRuntime, step: StepContext, sampling_info, scores) -> str | None:
+    """The host-side checks of launch_checks.py on this step; None when it may launch."""
+    plan = step.plan
+    filters = {"temperatures": sampling_info.temperatures.reshape(-1), "top_ks": sampling_info.top_ks,
+               "top_ps": sampling_info.top_ps, "min_ps": sampling_info.min_ps}
+    return check_step(runtime.explorer, plan.host_slots, plan.host_betas, plan.rules,
+                      {"slots": plan.slots, "betas": plan.betas, "train": plan.train}, step.source,
+                      step.target, scores, filters)
 
 
 def _mark_greedy_mask(logits_output, sampling_info, stock_ids: torch.Tensor, ids: torch.Tensor) -> None:

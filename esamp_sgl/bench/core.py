@@ -16,7 +16,8 @@ and with the sampling it is meant for: a profile with latent mixing (`paper`) at
 without truncation (the latent path), the others at temperature 0.8, top-p 0.95, min-p 0.05 (the
 candidate path). The stock sampler is SGLang's
 torch sampler semantics (full sort per row). `stock_ms` = stock sampler alone; `esamp_step_ms` =
-the whole explore_step, which includes the stock draw; `components_ms` times the pieces alone.
+the whole step as the server runs it (opcount.server_step: for `paper`, the mix before the LM head and
+explore_step), which includes the stock draw; `components_ms` times the pieces alone.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.profiles import profile_names
 from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
-from esamp_sgl.bench.opcount import bench_config, step_counts, unfiltered
+from esamp_sgl.bench.opcount import bench_config, server_step, step_counts, unfiltered
 from esamp_sgl.core.plan import plan_groups
-from esamp_sgl.core.step import StepBatch, candidates, explore_step, row_filters
+from esamp_sgl.core.step import StepBatch, candidates, row_filters
 
 GROUP_SIZE = 8
 
@@ -103,14 +104,14 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int, profile: str = 
         return stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, gen)
 
     for _ in range(2):  # warm-up (allocator, first-call overheads)
-        explore_step(ex, batch, stock)
+        server_step(ex, batch, stock)
     stock_ms, step_ms = [], []
     parts: dict[str, list[float]] = {k: [] for k in
                                      ("predict", "candidates", "reweight", "sample", "train")}
     n_cand = []
     for _ in range(repeats):
         stock_ms.append(_ms(stock))
-        step_ms.append(_ms(lambda: explore_step(ex, batch, stock)))
+        step_ms.append(_ms(lambda: server_step(ex, batch, stock)))
         if plain:  # the latent path has no candidate pieces to time alone
             continue
         # The pieces alone, in the step's order.

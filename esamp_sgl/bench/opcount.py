@@ -180,20 +180,33 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     return ex, batch, slot_list
 
 
+def server_step(ex, batch, stock_sample: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One decode step as the server runs it: a latent-mixing profile mixes before the LM head inside
+    the engine's forward (step.mix_before_head; the LM-head pass itself is stock's cost), and the
+    sampler keeps the engine's draw for the mixed rows; the others run explore_step alone."""
+    from dataclasses import replace
+
+    from esamp_sgl.core.step import explore_step, mix_before_head
+
+    if ex.config.latent_mixing:
+        head = mix_before_head(ex, replace(batch, logits=None, probs=None))
+        if head is not None:
+            batch = replace(batch, h_hat=head.h_hat, premixed=head.mixed)
+    return explore_step(ex, batch, stock_sample)
+
+
 def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: int = 49152,
                 path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu",
                 profile: str = "bounded") -> dict:
-    """Counts for one whole ESamp step (explore_step minus the stock draw, which is stock's cost)
-    and for its training step alone, after two warm-up steps."""
-    from esamp_sgl.core.step import explore_step
-
+    """Counts for one whole ESamp step as the server runs it (server_step minus the stock draw, which
+    is stock's cost) and for its training step alone, after two warm-up steps."""
     device = torch.device(device)
     ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device, profile=profile)
     stock_tokens = batch.probs.argmax(-1)
     for _ in range(2):
-        explore_step(ex, batch, lambda: stock_tokens)
+        server_step(ex, batch, lambda: stock_tokens)
     ex.trainer.wait()
-    step = count(lambda: (explore_step(ex, batch, lambda: stock_tokens), ex.trainer.wait()))
+    step = count(lambda: (server_step(ex, batch, lambda: stock_tokens), ex.trainer.wait()))
     train_kw = {}
     groups = getattr(batch, "groups", None)
     if groups is not None:
@@ -253,6 +266,41 @@ def main(argv: list[str] | None = None) -> None:
     out = [step_counts(args.rows, args.group_size, args.hidden, args.vocab, path, device=args.device)
            for path in args.paths]
     print(json.dumps(out, indent=1))
+
+
+
+def warm_start_counts(positions: int = 512, hidden: int = 576, rank: int = 64, steps: int | None = None,
+                      path: str = "static", device: str | torch.device = "cpu",
+                      profile: str = "bounded", seed: int = 0) -> dict:
+    """Counts (ops, bytes_written, host_reads) for one group's prefill warm start on `positions`
+    prompt pairs: the training steps, the fit that seeds the gate and its telemetry
+    (Explorer.warm_start_group). `path` 'static' runs the CUDA code path on this device; `steps`
+    defaults to the profile's warm_start_steps. The LM head is not read, so it is a stand-in."""
+    from esamp_sgl.core.explorer import Explorer
+
+    device = torch.device(device)
+    kw: dict = {"max_groups": 1, "prefill_warm_start": True}
+    if steps is not None:
+        kw["warm_start_steps"] = steps
+    cfg = bench_config(profile, hidden, **kw)
+    if cfg.distiller == "lowrank":
+        cfg = cfg.model_copy(update={"rank": min(rank, hidden)})
+    gen = torch.Generator().manual_seed(seed)
+    ex = Explorer(cfg, hidden, torch.zeros(8, hidden, device=device), device=device)
+    if path == "static":  # as _setup: no host reads inside the step, no host-read grouping
+        ex.trainer.static_shapes = True
+        ex.bank.grouped = False
+    ex.acquire_group("g")
+    source = torch.randn(positions, hidden, generator=gen).to(device, torch.bfloat16)
+    target = torch.randn(positions, hidden, generator=gen).to(device, torch.bfloat16)
+    ran: list[bool] = []
+    counts = count(lambda: (ran.append(ex.warm_start_group("g", source, target)), ex.trainer.wait()))
+    ex.close()
+    if ran != [True]:
+        raise RuntimeError(f"profile {profile!r}: the warm start did not run")
+    return {"profile": profile, "positions": positions, "hidden": hidden, "rank": cfg.rank,
+            "steps": cfg.warm_start_steps, "path": path, "device": str(device),
+            **{k: counts[k] for k in ("ops", "bytes_written", "host_reads")}}
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Semantics are those of SGLang's `top_k_top_p_min_p_sampling_from_probs_torch`: sort the
 probabilities descending; drop rank >= top_k; drop tokens whose *exclusive* cumulative sum
-exceeds top_p; drop tokens with p < min_p · p_max. Each rule keeps a prefix of the sorted order,
+exceeds top_p; drop tokens with p < min_p · p_max. SGLang takes that cumsum before it zeroes the
+top-k tail and p_max is rank 0, so top-p and min-p read the original probabilities, never a
+renormalised top-k (tests/runtime/test_candidate_support.py checks this against SGLang's code). Each rule keeps a prefix of the sorted order,
 so the candidate set is a prefix too and the top-K probabilities are enough to compute it
 exactly (the exclusive cumsum at rank i only needs ranks < i). The only approximation is the
 static cap K: when more than K tokens survive, the K most likely are kept and the row is flagged
@@ -122,32 +124,3 @@ def stock_sample(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
     pick = torch.multinomial(p_sorted, num_samples=1, generator=generator)
     return torch.gather(idx, 1, pick).view(-1)
 
-
-def flashinfer_candidate_set(probs: Tensor, logits: Tensor | None, top_k: Tensor, top_p: Tensor,
-                             min_p: Tensor, max_candidates: int) -> CandidateSet:
-    """Same candidate set formed with FlashInfer's renorm kernels (CUDA only): a token is kept if
-    it survives top-k renorm and top-p renorm of the *original* probabilities (the joint
-    semantics above) and p >= min_p · p_max. FlashInfer's top-p keeps the smallest prefix whose
-    mass reaches top_p, which differs from the exclusive-cumsum rule only when a cumulative sum
-    equals top_p exactly, and it keeps all tokens tied at the threshold."""
-    import flashinfer.sampling as fs  # CUDA-only dependency, imported on use
-
-    rows, vocab = probs.shape
-    k = min(max_candidates, vocab)
-    probs = probs.float().contiguous()
-    top_k_renorm = getattr(fs, "top_k_renorm_probs", None) or fs.top_k_renorm_prob
-    top_p_renorm = getattr(fs, "top_p_renorm_probs", None) or fs.top_p_renorm_prob
-    kept_k = top_k_renorm(probs, effective_top_k(top_k, vocab).to(torch.int32)) > 0
-    kept_p = top_p_renorm(probs, top_p.float().contiguous()) > 0
-    p_max = probs.max(dim=-1, keepdim=True).values
-    keep_full = kept_k & kept_p & ~(probs < p_max * min_p.float().unsqueeze(-1))
-    masked = torch.where(keep_full, probs, torch.full_like(probs, -1.0))
-    q = min(k + 1, vocab)
-    p_top, ids = torch.topk(masked, q, dim=-1, sorted=True)
-    keep = p_top >= 0
-    truncated = keep[:, k].clone() if q > k else torch.zeros(rows, dtype=torch.bool,
-                                                           device=probs.device)
-    keep, ids = keep[:, :k], ids[:, :k]
-    z = candidate_logits(logits, probs, ids)
-    z = torch.where(keep, z, torch.full_like(z, float("-inf")))
-    return CandidateSet(ids=ids, logits=z, keep=keep, truncated=truncated)

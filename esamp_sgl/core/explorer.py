@@ -11,7 +11,6 @@ Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -41,19 +40,11 @@ def resolve_train_mode(mode: str, device: torch.device) -> str:
     return mode
 
 
-def flashinfer_available() -> bool:
-    return importlib.util.find_spec("flashinfer") is not None
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        return "flashinfer" if device.type == "cuda" and flashinfer_available() else "torch"
-    if backend == "flashinfer":
-        if device.type != "cuda":
-            raise ValueError(f"esamp_backend 'flashinfer' needs a CUDA device, got {device}")
-        if not flashinfer_available():
-            raise ValueError("esamp_backend 'flashinfer' needs the flashinfer package")
-    return backend
+def resolve_backend(backend: str) -> str:
+    """`auto` is `torch` on every device: the only candidate path, the one with SGLang's support
+    and the cheaper one (config.py BACKENDS says why FlashInfer's was removed). The allowed names
+    are checked by ESampConfig."""
+    return "torch" if backend == "auto" else backend
 
 
 class Explorer:
@@ -82,7 +73,7 @@ class Explorer:
             self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
             weight_decay=config.weight_decay, steps_per_decode=config.train_steps_per_decode,
             mode=self.train_mode, adam_eps=config.adam_eps, grad_clip=config.grad_clip)
-        self.backend = resolve_backend(config.backend, self.device)
+        self.backend = resolve_backend(config.backend)
         # ESamp's own draws never touch the engine's RNG, so stock rows stay bit-identical.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
@@ -97,6 +88,7 @@ class Explorer:
         self.group_counts: Tensor | None = None
         self._random_prior: Tensor | None = None  # [V], the random_prior control's vector
         self._warm_started: set[int] = set()
+        self._warm_start_failed: set[int] = set()  # slots whose warm start raised (telemetry)
         self._marks: StepMarks | None = None  # CUDA: where recent steps end (telemetry reads)
         self._read_stream = None
 
@@ -160,7 +152,7 @@ class Explorer:
         return slot
 
     def _reset_slots(self, slots: list[int]) -> None:
-        self.trainer.wait()  # nothing in flight may write the slot after its reset
+        self._order_after_queued_steps()  # nothing in flight may write the slot after its reset
         idx = torch.tensor(slots, dtype=torch.int64)
         idx = (idx.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda"
                else idx.to(self.device))
@@ -171,6 +163,21 @@ class Explorer:
         if self.group_counts is not None:
             self.group_counts[idx] = 0
         self._warm_started.difference_update(slots)
+        self._warm_start_failed.difference_update(slots)
+        self.trainer.mark_written()  # the next step, on whichever stream, sees the slot reset
+
+    def _order_after_queued_steps(self) -> None:
+        """Order the current stream (device-side, no host sync) behind the newest decode step
+        queued and its training. SGLang's overlap scheduler frees a finished request on its own
+        stream while the next step is already queued on the forward stream: a reset that did not
+        wait for that step's writes (telemetry, gate, group counts; training for groups that
+        train) would be undone by them, and the next group in the slot would inherit them.
+        Steps run in order on one forward stream, so the newest step's event covers the older."""
+        if self.device.type == "cuda" and self._marks is not None:
+            pair = self._marks.newest()
+            if pair is not None:
+                StepMarks.order(torch.cuda.current_stream(self.device), pair)
+        self.trainer.wait()
 
     def rebind_lm_head(self, lm_head_weight: Tensor) -> None:
         """Use this LM head from now on (after the engine updated its weights). Same shape only:
@@ -197,19 +204,43 @@ class Explorer:
     def warm_start_group(self, key: str, source: Tensor, target: Tensor) -> bool:
         """Prefill warm start on the prompt's (source, target) pairs [P, H]; once per group and
         only if config.prefill_warm_start. Then the fit on those pairs seeds the group's gate and
-        telemetry. Returns whether it ran."""
+        telemetry. Returns whether it ran.
+
+        The P rows are planned on the host as one group of the slot (warm_start.prompt_plan): the
+        training and the fit read the slot's parameters once per step, and nothing here reads the
+        device on the host (on CUDA: no sync).
+
+        If it raises (e.g. torch.OutOfMemoryError, or pairs of the wrong hidden size), the slot is
+        put back to its init (a half-trained Distiller must not steer), the group is not tried
+        again, its telemetry says `warm_start_failed: true`, and the exception propagates for the
+        engine to count (runtime_patch/hooks.py). The group then decodes without a warm start: its
+        gate is shut (β_eff = 0, every token stock's) until decode steps have measured the fit
+        over `gate_window` positions; with fit_gate off it steers from init at once."""
         if not self.needs_warm_start(key) or source.shape[0] == 0:
             return False
         slot = self.groups.slot_of(key)
         self._warm_started.add(slot)
-        prefill_warm_start(self.trainer, slot, source, target, self.config.warm_start_steps,
-                           self.config.warm_start_lr)
-        self.trainer.wait()
-        slots = torch.full((source.shape[0],), slot, dtype=torch.int64, device=self.device)
-        h_hat = self.bank(source, slots)
-        r2 = self.gate.seed(slots[0], h_hat, target)
-        self.stats.record_warm_fit(slots[:1], r2, source.shape[0])
+        try:
+            plan = prefill_warm_start(self.trainer, slot, source, target, self.config.warm_start_steps,
+                                      self.config.warm_start_lr)
+            assert plan is not None  # P > 0 was checked above
+            self.trainer.wait()
+            h_hat = self.bank(source, plan.slots, groups=plan.groups)
+            r2 = self.gate.seed(plan.slots[0], h_hat, target)
+            self.stats.record_warm_fit(plan.slots[:1], r2, source.shape[0])
+        except Exception:
+            self._undo_failed_warm_start(slot)
+            raise
         return True
+
+    def _undo_failed_warm_start(self, slot: int) -> None:
+        """Back to init after a failed warm start, and remembered as failed (not retried)."""
+        try:
+            self._reset_slots([slot])
+        except Exception:  # e.g. still out of memory: the original error is the one to report
+            pass
+        self._warm_started.add(slot)
+        self._warm_start_failed.add(slot)
 
     def load_svd_template(self, w_gate: Tensor | None, w_up: Tensor, w_down: Tensor) -> bool:
         """SVD warm start from the FFN weights of the layer the engine chose (usually the last);
@@ -238,6 +269,7 @@ class Explorer:
                                        read=self._read))
         if not math.isfinite(out["gate_r2"]):
             out["gate_r2"] = None
+        out["warm_start_failed"] = slot in self._warm_start_failed
         return out
 
     # -- non-stalling reads (CUDA) ----------------------------------------------------------------
@@ -254,23 +286,25 @@ class Explorer:
         """Build a small device tensor (`build()`) and read it on the host in one copy. On CUDA the
         copy runs on a side stream that waits for the newest completed decode step and that step's
         training (StepMarks), not for what the engine queued after it; only that copy is awaited.
-        The read may see some of the queued later steps' updates (each value whole)."""
+        The read may see some of the queued later steps' updates (each value whole). It waits on
+        the step's own event, recorded on the stream the step ran on, not on the calling stream.
+        If no recorded step has completed yet, it waits for the newest recorded one."""
         if self.device.type != "cuda":
             return build().tolist()
         main = torch.cuda.current_stream(self.device)
-        pair = self._marks.newest_done() if self._marks is not None else None
+        pair = None
+        if self._marks is not None:
+            pair = self._marks.newest_done() or self._marks.newest()
         if self._read_stream is None:
             self._read_stream = torch.cuda.Stream(device=self.device)
         stream = self._read_stream
         with torch.cuda.stream(stream):
-            if pair is None:  # no step recorded yet (or none completed): everything so far
+            if pair is None:  # no step recorded yet: everything so far
                 stream.wait_stream(main)
                 if self.trainer.mode == "cuda_stream":
                     stream.wait_stream(self.trainer._stream)
             else:
-                stream.wait_event(pair[0])
-                if pair[1] is not None:
-                    stream.wait_event(pair[1])
+                StepMarks.order(stream, pair)
             row = build()
             host = torch.empty(row.shape, dtype=row.dtype, pin_memory=True)
             host.copy_(row, non_blocking=True)

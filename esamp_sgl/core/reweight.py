@@ -119,21 +119,10 @@ def sample_candidates(scores: Tensor, cand_ids: Tensor, greedy: Tensor,
                       generator: torch.Generator | None, backend: str = "torch") -> Tensor:
     """Draw one token per row from softmax(scores) over the candidates (argmax for greedy rows).
     Returns [R] int64 token ids. The torch backend uses the Gumbel-max trick with `generator`."""
-    if backend == "flashinfer":
-        pick = _flashinfer_pick(scores, generator)
-    elif backend == "torch":
-        u = torch.rand(scores.shape, generator=generator, device=scores.device,
-                       dtype=torch.float32)
-        gumbel = -torch.log(-torch.log(u))  # u in [0, 1): finite or -inf, never +inf
-        pick = torch.argmax(scores + gumbel, dim=-1)
-    else:
-        raise ValueError(f"esamp_backend must be one of 'torch', 'flashinfer', got {backend!r}")
+    if backend != "torch":  # the resolved backend (explorer.resolve_backend): torch is the only one
+        raise ValueError(f"sample_candidates needs the resolved backend 'torch', got {backend!r}")
+    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
+    gumbel = -torch.log(-torch.log(u))  # u in [0, 1): finite or -inf, never +inf
+    pick = torch.argmax(scores + gumbel, dim=-1)
     pick = torch.where(greedy.to(pick.device), torch.argmax(scores, dim=-1), pick)
     return cand_ids.gather(1, pick.unsqueeze(-1)).squeeze(-1).to(torch.int64)
-
-
-def _flashinfer_pick(scores: Tensor, generator: torch.Generator | None) -> Tensor:
-    import flashinfer.sampling as fs  # CUDA-only dependency, imported on use
-
-    probs = torch.softmax(scores.float(), dim=-1).contiguous()
-    return fs.sampling_from_probs(probs, generator=generator).to(torch.int64)

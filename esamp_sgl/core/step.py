@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top_k, flashinfer_candidate_set
+from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top_k
 from esamp_sgl.core.config import DEFAULT_RULE
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
@@ -41,6 +41,11 @@ class StepBatch:
     # The rows with a slot grouped per slot, planned on the host by the engine (plan.py; `.train`:
     # the rows that train). None: built from a host read of `slots` (free on CPU, a sync on CUDA).
     groups: RowGroups | None = None
+    # Set when the engine mixed in latent space before its LM head (mix_before_head): the prediction
+    # it made there [R, H] fp32, and the rows [R] bool whose logits — and the engine's draw — already
+    # carry the mix (the stock token of such a row is ESamp's).
+    h_hat: Tensor | None = None
+    premixed: Tensor | None = None
 
     def take(self, rows: Tensor) -> "StepBatch":
         """The batch restricted to `rows` (a host read of `rows` for per-row rule names; the plan
@@ -71,10 +76,6 @@ def row_filters(batch: StepBatch, greedy_min_p: float) -> RowFilters:
 
 
 def candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
-    if ex.backend == "flashinfer":
-        probs = batch.probs if batch.probs is not None else torch.softmax(batch.logits.float(), -1)
-        return flashinfer_candidate_set(probs, batch.logits, f.top_k, f.top_p, f.min_p,
-                                        ex.config.max_candidates)
     return candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, ex.config.max_candidates,
                          probs=batch.probs, trim=ex.trim_candidates)
 
@@ -171,18 +172,56 @@ def latent_rows(ex: Explorer, batch: StepBatch) -> Tensor | None:
             & ~batch.is_greedy & (batch.slots >= 0) & latent_rule)
 
 
-def mix_latent(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> tuple[Tensor, Tensor]:
-    """The paper's latent mixing for unfiltered rows: scores over the whole vocabulary
-    ℓ' = ℓ + β·W_U·v/T (v = h − ĥ for the contrastive rule, i.e. (1+β)·ℓ − β·W_U·ĥ when ℓ = W_U·h/T;
-    v = ε for the noise control), one projection, no candidate set. Returns (scores [R, V], applied [R])."""
+def latent_vector(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Tensor:
+    """v [R, H] fp32, the direction latent mixing adds: h − ĥ (contrastive), ε (the noise control)."""
     vector = batch.target.float() - h_hat
     noise_rows = rule_rows(batch.rules, lambda r: LATENT_VECTOR.get(r) == "noise", vector.device)
     if noise_rows is not None:
         vector = torch.where(noise_rows.reshape(-1, 1), error_noise(batch.target, h_hat, ex.generator), vector)
+    return vector
+
+
+def mix_latent(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's latent mixing for unfiltered rows, after the engine's LM head: scores over the whole
+    vocabulary ℓ' = ℓ + β·W_U·v/T (v = h − ĥ for the contrastive rule, i.e. (1+β)·ℓ − β·W_U·ĥ when
+    ℓ = W_U·h/T; v = ε for the noise control), one more projection, no candidate set. The fallback of
+    mix_before_head (a forward it could not enter). Returns (scores [R, V], applied [R])."""
+    vector = latent_vector(ex, batch, h_hat)
     logp = batch.logits if batch.logits is not None else batch.probs.float().log()
     betas = gated_betas(ex, batch)
     scores = latent_scores(logp, ex.lm_head_weight, vector, batch.temperatures, betas)
     return scores, applies(ex, batch, betas, h_hat)
+
+
+@dataclass
+class HeadInput:
+    """What mix_before_head hands back to the engine's forward."""
+
+    hidden: Tensor  # [R, H] the states the LM head projects: h + β·g·v on the mixed rows, h elsewhere
+    h_hat: Tensor  # [R, H] fp32 the prediction (explore_step reuses it: StepBatch.h_hat)
+    mixed: Tensor  # [R] bool the rows mixed (StepBatch.premixed)
+
+
+def mix_before_head(ex: Explorer, batch: StepBatch) -> HeadInput | None:
+    """The paper's latent mixing where the paper does it (Alg. 1, App. E.2): on the final state, before
+    the LM head. The engine calls it inside its forward with `batch.target` = the states its LM head is
+    about to project (no logits yet). For the rows latent_rows selects that ESamp applies to, h becomes
+    h_mix = h + β·g·v = (1+β)·h − β·g·ĥ (contrastive), so the engine's one LM-head pass, its logit
+    processors and its own draw give exactly mix_latent's ℓ + β·W_U·v/T: no second projection, no
+    candidate set, no redraw. None when no row of the batch can mix (decided on the host)."""
+    latent = latent_rows(ex, batch)
+    if latent is None:
+        return None
+    if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
+        batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
+    h_hat = predict(ex, batch)
+    betas = gated_betas(ex, batch)
+    mixed = latent & applies(ex, batch, betas, h_hat)
+    h = batch.target
+    # where, not a 0-scaled sum: a row with a non-finite ĥ is not mixed and must stay finite
+    hidden = torch.where(mixed.unsqueeze(-1), h.float() + betas.float().unsqueeze(-1)
+                         * latent_vector(ex, batch, h_hat), h.float()).to(h.dtype)
+    return HeadInput(hidden, h_hat, mixed)
 
 
 def explored_row_sets(ex: Explorer, batch: StepBatch) -> list[Tensor] | None:
@@ -198,23 +237,39 @@ def explored_row_sets(ex: Explorer, batch: StepBatch) -> list[Tensor] | None:
     return [exploring.nonzero().squeeze(1)]
 
 
-def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> tuple[Tensor, Tensor, Reweighted | None]:
+@dataclass
+class Explored:
+    """Steps 3-5 for a batch: ESamp's tokens and which rows follow ESamp's distribution."""
+
+    tokens: Tensor | None  # [R] ESamp's own draws (None: the engine drew every exploring row)
+    drawn: Tensor  # [R] bool rows whose token is `tokens`
+    applied: Tensor  # [R] bool rows sampled from ESamp's distribution (`drawn` and the premixed rows)
+    rw: Reweighted | None  # the candidate path, if it ran
+
+
+def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Explored:
     """Steps 3-5: reweight (candidates, or latent mixing for unfiltered rows) and draw with ESamp's
-    own generator (greedy: argmax). Returns (tokens [R], applied [R], the candidate path or None)."""
+    own generator (greedy: argmax). Rows the engine mixed before its LM head (`batch.premixed`) are
+    not drawn again: the engine's draw from W_U·h_mix is theirs."""
     latent = latent_rows(ex, batch)
+    premixed = batch.premixed if latent is not None else None
     all_latent = latent is not None and ex.trim_candidates and bool(latent.all())  # host read: CPU only
-    rw = tokens = applied = None
+    rw = tokens = drawn = None
     if not all_latent:
         rw = reweight(ex, batch, h_hat)
         tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
-        applied = rw.applied
+        drawn = rw.applied
     if latent is not None and (all_latent or not ex.trim_candidates):
-        scores, latent_applied = mix_latent(ex, batch, h_hat)
-        vocab_ids = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-        latent_tokens = sample_candidates(scores, vocab_ids, batch.is_greedy, ex.generator, ex.backend)
-        tokens = latent_tokens if tokens is None else torch.where(latent, latent_tokens, tokens)
-        applied = latent_applied if applied is None else torch.where(latent, latent_applied, applied)
-    return tokens, applied, rw
+        if premixed is not None:
+            latent_drawn = torch.zeros_like(latent)
+        else:
+            scores, latent_drawn = mix_latent(ex, batch, h_hat)
+            vocab_ids = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+            latent_tokens = sample_candidates(scores, vocab_ids, batch.is_greedy, ex.generator, ex.backend)
+            tokens = latent_tokens if tokens is None else torch.where(latent, latent_tokens, tokens)
+        drawn = latent_drawn if drawn is None else torch.where(latent, latent_drawn, drawn)
+    applied = drawn if premixed is None else drawn | premixed
+    return Explored(tokens, drawn, applied, rw)
 
 
 def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
@@ -240,15 +295,18 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
         batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
 
     # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
-    # 2. Predict the deep state from the shallow one (parameters trained through step t−1).
-    h_hat = predict(ex, batch)
+    # 2. Predict the deep state from the shallow one (parameters trained through step t−1), unless
+    #    the engine did before its LM head (mix_before_head).
+    h_hat = batch.h_hat if batch.h_hat is not None else predict(ex, batch)
     # 3-5. Reweight the candidates (or mix in latent space) and draw the exploring rows.
-    esamp_tokens, applied, rw = sample_explored(ex, batch, h_hat)
-    if ex.trim_candidates and bool(applied.all()):  # host read: free on CPU
-        tokens = esamp_tokens
+    out = sample_explored(ex, batch, h_hat)
+    applied, rw = out.applied, out.rw
+    if out.tokens is not None and ex.trim_candidates and bool(out.drawn.all()):  # host read: free on CPU
+        tokens = out.tokens
     else:
         stock_tokens = stock_sample()
-        tokens = torch.where(applied, esamp_tokens.to(stock_tokens.dtype), stock_tokens)
+        tokens = (stock_tokens if out.tokens is None
+                  else torch.where(out.drawn, out.tokens.to(stock_tokens.dtype), stock_tokens))
 
     # 6. Telemetry and the gate's held-out fit, then train on this step's pairs (after sampling;
     #    may run asynchronously).

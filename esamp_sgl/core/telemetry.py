@@ -210,7 +210,9 @@ class StepMarks:
     (CUDA). A telemetry read waits on the newest pair whose step has completed — at or after the
     exiting request's last step, since its token already reached the host — and on that step's
     training, but never on work queued after it (the next forward), so an exiting request does not
-    stall the schedule. `make_event` is torch.cuda.Event in production (injectable for tests)."""
+    stall the schedule. A slot reset waits on the newest pair recorded, completed or not: under
+    SGLang's overlap scheduler the next step, already queued on the forward stream, may still
+    write the slot. `make_event` is torch.cuda.Event in production (injectable for tests)."""
 
     def __init__(self, make_event: Callable[[], object], capacity: int = 4) -> None:
         self._events = [(make_event(), make_event()) for _ in range(capacity)]
@@ -234,3 +236,14 @@ class StepMarks:
             if pair[0].query():
                 return pair
         return None
+
+    def newest(self) -> tuple[object, object | None] | None:
+        """The newest recorded pair, whether or not it has completed, or None."""
+        return self._recorded[-1] if self._recorded else None
+
+    @staticmethod
+    def order(stream, pair: tuple[object, object | None]) -> None:
+        """Make `stream` wait (device-side) for the pair's step and its training."""
+        stream.wait_event(pair[0])
+        if pair[1] is not None:
+            stream.wait_event(pair[1])

@@ -24,8 +24,10 @@ the rows. Without a plan, one is built from a host read of `slots` (free on CPU;
 
 Execution (`mode`):
 * 'sync' — run inline.
-* 'cuda_stream' — the step runs on a side stream after an event recorded on the current stream;
-  `wait()` makes the current stream wait on the completion event. No host sync anywhere
+* 'cuda_stream' — the step runs on a side stream after the work queued on the current stream;
+  `wait()` makes the calling stream wait on the completion event, once per stream and schedule
+  (streams.StreamFence: SGLang calls wait() from the forward stream and, freeing a slot, from the
+  scheduler's; each must be ordered, not just the first to ask). No host sync anywhere
   (`static_shapes`): the layout comes from the host plan and non-finite losses are handled with
   device-side index writes.
 On CPU (`static_shapes=False`) host reads are free, so the non-finite reset only runs when a
@@ -44,6 +46,7 @@ from esamp_sgl.core.config import check_field
 from esamp_sgl.core.architectures import split_flat
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.plan import RowGroups, plan_rows
+from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
@@ -88,11 +91,13 @@ class TestTimeTrainer:
                 self.m_rows = self.exp_avg_flat.unbind(0)
                 self.s_rows = self.exp_avg_sq_flat.unbind(0)
         self._stream = None
-        self._done = None
-        self._cuda_pending = False
+        # CUDA: where the newest write to the bank and optimiser state ends (training, or a slot
+        # reset through mark_written), and which streams already wait for it.
+        self._writes: StreamFence | None = None
+        if bank.device.type == "cuda":
+            self._writes = StreamFence(torch.cuda.Event)
         if mode == "cuda_stream":
             self._stream = torch.cuda.Stream(device=bank.device)
-            self._done = torch.cuda.Event()
 
     # -- scheduling -----------------------------------------------------------------------------
     def schedule(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor,
@@ -115,8 +120,11 @@ class TestTimeTrainer:
         with torch.inference_mode(False):
             x = source.detach().to(dev).index_select(0, groups.gather)
             y = target.detach().to(dev).index_select(0, groups.gather)
+        self.wait()  # after every earlier write, e.g. a slot reset queued on another stream
         if self.mode == "sync":
             self._run(x, y, groups, steps, lr, warm)
+            if self._writes is not None:
+                self._writes.record(torch.cuda.current_stream(dev))
             return
         main = torch.cuda.current_stream(dev)
         self._stream.wait_stream(main)
@@ -124,14 +132,21 @@ class TestTimeTrainer:
             self._run(x, y, groups, steps, lr, warm)
         for t in (x, y, *groups.buffers()):
             t.record_stream(self._stream)
-        self._done.record(self._stream)
-        self._cuda_pending = True
+        self._writes.record(self._stream)
 
     def wait(self) -> None:
-        """Order everything after this call behind the scheduled training (prediction calls it)."""
-        if self._cuda_pending:
-            torch.cuda.current_stream(self.bank.device).wait_event(self._done)
-            self._cuda_pending = False
+        """Order everything queued on the calling stream after this call behind the scheduled
+        training and any write marked by mark_written (prediction calls it; so does a slot reset).
+        Every stream that calls it is ordered, each once per write (device-side; no host sync)."""
+        if self._writes is not None:
+            self._writes.order(torch.cuda.current_stream(self.bank.device))
+
+    def mark_written(self) -> None:
+        """The current stream just wrote the bank or optimiser state outside training (a slot
+        reset): every stream that calls wait() from now on is ordered behind that write, as behind
+        training, so that the next step on the forward stream never reads the slot half reset."""
+        if self._writes is not None:
+            self._writes.record(torch.cuda.current_stream(self.bank.device))
 
     def close(self) -> None:
         self.wait()

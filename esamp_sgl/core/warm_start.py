@@ -22,12 +22,16 @@ then the constant SiLU(1), compensated in B, so the residual is x · U S Vᵀ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from esamp_sgl.core.config import check_rank
 from esamp_sgl.core.distiller import DistillerInit
+from esamp_sgl.core.plan import RowGroups, plan_arrays, to_device
 from esamp_sgl.core.trainer import TestTimeTrainer
 
 _EXACT_SVD_MAX = 2048  # above this H, a randomised low-rank SVD (svd_lowrank) is used
@@ -73,17 +77,38 @@ def svd_template(w_gate: Tensor | None, w_up: Tensor, w_down: Tensor, rank: int)
         c=torch.ones(rank), ln_w=torch.ones(hidden), ln_b=torch.zeros(hidden))
 
 
+@dataclass
+class PromptPlan:
+    """The prompt's P rows as one group of one slot, on the device (one host→device copy)."""
+
+    slots: Tensor  # [P] int64, every entry the group's slot
+    groups: RowGroups  # one entry (the slot) holding all P rows; .train is itself
+
+
+def prompt_plan(slot: int, positions: int, device: torch.device | str) -> PromptPlan:
+    """Built on the host from two ints (plan.py's `plan_arrays`), never from a device read: all P
+    rows belong to `slot`, so the Distiller reads the slot's parameters once per step, not once per
+    position."""
+    slot_column = np.full(positions, slot, dtype=np.int64)
+    arrays, build = plan_arrays(slot_column, None)
+    views = to_device([slot_column, *arrays], device)
+    return PromptPlan(slots=views[0], groups=build(views[1:]))
+
+
 def prefill_warm_start(trainer: TestTimeTrainer, slot: int, source: Tensor, target: Tensor,
-                       steps: int, lr: float) -> None:
-    """K full-batch optimiser steps of `slot` on a prompt's pairs (source/target [P, H]).
-    Scheduled like decode training (same stream), so the next prediction waits for it."""
-    if source.shape != target.shape or source.dim() != 2:
-        raise ValueError(f"source and target must both be [positions, H], got "
+                       steps: int, lr: float) -> PromptPlan | None:
+    """K full-batch optimiser steps of `slot` on a prompt's pairs (source/target [P, H]), planned on
+    the host as one group (`prompt_plan`): no host sync on the device path, launches independent of
+    P. Scheduled like decode training (same stream), so the next prediction waits for it. Returns
+    the plan (for the fit that seeds the gate), None when there is no position."""
+    hidden = trainer.bank.hidden
+    if source.shape != target.shape or source.dim() != 2 or source.shape[1] != hidden:
+        raise ValueError(f"source and target must both be [positions, {hidden}], got "
                          f"{tuple(source.shape)} and {tuple(target.shape)}")
-    rows = source.shape[0]
-    if rows == 0:
-        return
-    dev = trainer.bank.device
-    slots = torch.full((rows,), slot, dtype=torch.int64, device=dev)
-    valid = torch.ones(rows, dtype=torch.bool, device=dev)
-    trainer.schedule(source, target, slots, valid, steps=steps, lr=lr, warm=True)
+    positions = source.shape[0]
+    if positions == 0:
+        return None
+    plan = prompt_plan(slot, positions, trainer.bank.device)
+    trainer.schedule(source, target, plan.slots, plan.groups.member, steps=steps, lr=lr, warm=True,
+                     groups=plan.groups)
+    return plan

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.explorer import resolve_backend
 from esamp_sgl.core.groups import GroupTable
 
 
@@ -31,7 +32,9 @@ def test_defaults_are_valid_and_documented_values():
     ("rule", "paper", r"esamp_rule must be one of 'contrastive', 'compensated'"),
     ("source_site", "embed", r"esamp_source_site must be one of 'residual', 'first_input_norm'"),
     ("target_site", "logits", r"esamp_target_site must be one of 'final_norm', 'last_input_norm'"),
-    ("backend", "triton", r"esamp_backend must be one of 'auto', 'torch', 'flashinfer'"),
+    ("backend", "triton", r"esamp_backend must be one of 'auto', 'torch', got 'triton'"),
+    # The FlashInfer candidate path was removed (config.py BACKENDS): naming it is a config error.
+    ("backend", "flashinfer", r"esamp_backend must be one of 'auto', 'torch', got 'flashinfer'"),
     ("train_mode", "async", r"esamp_train_mode must be one of 'auto', 'sync', 'cuda_stream'"),
     ("train_mode", "thread", r"esamp_train_mode must be one of 'auto', 'sync', 'cuda_stream'"),
     ("train_steps_per_decode", 0, r"esamp_train_steps_per_decode must be an integer in \[1, 64\]"),
@@ -44,6 +47,14 @@ def test_defaults_are_valid_and_documented_values():
 def test_every_field_is_validated_with_a_message_naming_it(field, value, message):
     with pytest.raises(ValueError, match=message):
         ESampConfig(**{field: value})
+
+
+def test_auto_backend_is_the_torch_candidate_path_on_every_device():
+    # resolve_backend takes no device and looks up no package: the choice is the same everywhere.
+    config = ESampConfig()
+    assert config.backend == "auto"
+    assert resolve_backend(config.backend) == "torch"
+    assert resolve_backend("torch") == "torch"
 
 
 def test_unknown_fields_and_assignment_are_checked():

@@ -11,7 +11,7 @@ from esamp_sgl.core.config import ESampConfig, ExploreRequest, check_request_pro
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.latent import error_noise
-from esamp_sgl.core.step import StepBatch, explore_step, latent_rows, mix_latent, predict
+from esamp_sgl.core.step import StepBatch, explore_step, latent_rows, mix_before_head, mix_latent, predict
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 from runtime_patch.settings import load_server_config
@@ -159,3 +159,50 @@ def test_the_profiles_table_in_the_docs_is_generated_from_the_code():
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "profiles.md").read_text()
     assert profiles_markdown() in doc, "regenerate docs/profiles.md's table with profiles.profiles_markdown()"
+
+
+def test_mixing_before_the_lm_head_gives_the_same_distribution_without_a_second_projection():
+    """W_U·h_mix/T, the engine's own logits of the mixed state, equals mix_latent's scores up to a
+    per-row constant; filtered and non-exploring rows keep h bit for bit."""
+    ex = _paper_explorer()
+    gen = torch.Generator().manual_seed(6)
+    batch = _unfiltered_batch(ex, gen, min_p=torch.tensor([0.0, 0.2, 0.0, 0.0]))
+    batch.slots[3] = -1  # a stock row in the same batch
+    head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))  # no logits in the forward
+    assert head.mixed.tolist() == [True, False, True, False]
+    assert torch.equal(head.hidden[1], batch.target[1]) and torch.equal(head.hidden[3], batch.target[3])
+    engine = (head.hidden @ ex.lm_head_weight.t()) / batch.temperatures[:, None]
+    after, _ = mix_latent(ex, batch, head.h_hat)
+    for row in (0, 2):
+        assert torch.allclose(torch.softmax(engine[row], -1), torch.softmax(after[row], -1), atol=1e-6)
+    assert torch.allclose(head.h_hat[:3], predict(ex, batch)[:3], atol=1e-6)  # the step's own prediction
+
+
+def test_a_non_finite_prediction_is_not_mixed_and_keeps_the_row_finite():
+    ex = _paper_explorer()
+    batch = _unfiltered_batch(ex, torch.Generator().manual_seed(7))
+    ex.bank.flat[0, :5] = float("nan")  # the group's Distiller predicts NaN
+    head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))
+    assert not head.mixed.any() and torch.equal(head.hidden, batch.target)
+
+
+def test_premixed_rows_keep_the_engines_draw_and_still_count_and_train():
+    """The step after a mix before the head: the engine's token stands for the mixed rows (ESamp draws
+    nothing for them), the telemetry counts them as explored, the Distiller trains on h (not h_mix)."""
+    ex = _paper_explorer()
+    gen = torch.Generator().manual_seed(8)
+    batch = _unfiltered_batch(ex, gen, min_p=torch.tensor([0.0, 0.0, 0.2, 0.0]))
+    head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))
+    before = ex.bank.flat[0].clone()
+    state = ex.generator.get_state()
+    engine_tokens = torch.tensor([5, 6, 7, 8])
+    mixed = StepBatch(**{**batch.__dict__, "h_hat": head.h_hat, "premixed": head.mixed})
+    tokens = explore_step(ex, mixed, lambda: engine_tokens)
+    assert tokens[[0, 1, 3]].tolist() == [5, 6, 8]  # the mixed rows: the engine's draw
+    survivors = torch.softmax(batch.logits[2], -1) >= 0.2 * torch.softmax(batch.logits[2], -1).max()
+    assert survivors[tokens[2]]  # the filtered row: ESamp's candidate draw
+    tel = ex.telemetry("g")
+    # CPU: the latent and the candidate rows are two sub-steps, each trains once (explored_row_sets)
+    assert tel["predictions"] == 4 and tel["tokens_reweighted"] == 4 and tel["steps_trained"] == 2
+    assert not torch.equal(ex.bank.flat[0], before)
+    assert not torch.equal(ex.generator.get_state(), state)  # only the filtered row drew

@@ -132,3 +132,71 @@ def test_shape_errors_are_explicit():
         ffn_linear_map(w_gate, w_up, w_down.T)
     with pytest.raises(ValueError, match="same shape"):
         ffn_linear_map(w_gate[:5], w_up, w_down)
+
+
+# -- the warm start as one host-planned group (issue 21, defect 2) ----------------------------------
+def _hand_adam_warm_start(ex, slot, x, y, steps, lr):
+    """The reference: the slot's parameters as autograd leaves, torch.optim.Adam on the mean over
+    positions of mean_H (f(x) − y)²."""
+    params = {k: v.unsqueeze(0).clone().requires_grad_() for k, v in ex.bank.slot_params(slot).items()}
+    opt = torch.optim.Adam(params.values(), lr=lr, eps=ex.config.adam_eps)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (ex.bank.arch.forward(x.unsqueeze(0), params) - y).square().mean()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().squeeze(0) for k, v in params.items()}
+
+
+def test_warm_start_result_equals_hand_written_adam_and_the_per_position_path():
+    gen = torch.Generator().manual_seed(11)
+    x, y = _prompt_pairs(6, gen)
+    kw = dict(optimizer="adam", weight_decay=0.0, grad_clip=0.0, warm_start_steps=4, warm_start_lr=1e-2)
+    ex, old = _explorer(**kw), _explorer(**kw)
+    s, s_old = ex.acquire_group("p"), old.acquire_group("p")
+    expected = _hand_adam_warm_start(ex, s, x, y, 4, 1e-2)
+    assert ex.warm_start_group("p", x, y)
+    # The old path: per-row slots and a plan read back from the device.
+    old.trainer.schedule(x, y, torch.full((6,), s_old), torch.ones(6, dtype=torch.bool), steps=4, lr=1e-2,
+                         warm=True)
+    for k, v in ex.bank.slot_params(s).items():
+        torch.testing.assert_close(v, expected[k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, old.bank.slot_params(s_old)[k], atol=1e-5, rtol=1e-5)
+    # The fit that seeds the gate, by hand: R² = 1 − mean SSE / mean SST around the mean target.
+    h_hat = ex.bank.arch.forward(x.unsqueeze(0), {k: v.unsqueeze(0) for k, v in expected.items()})[0]
+    sse = (h_hat - y).square().sum(-1).mean()
+    sst = (y - y.mean(0)).square().sum(-1).mean()
+    torch.testing.assert_close(ex.gate.ema_sse[s], sse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ex.gate.ema_sst[s], sst, atol=1e-5, rtol=1e-5)
+    assert ex.telemetry("p")["warm_start_r2"] == pytest.approx(float(1 - sse / sst), abs=1e-5)
+    assert ex.telemetry("p")["warm_start_failed"] is False
+
+
+def test_warm_start_reads_nothing_on_the_host_and_its_launches_do_not_grow_with_the_prompt():
+    from esamp_sgl.bench.opcount import warm_start_counts
+
+    small = warm_start_counts(positions=8, hidden=H, rank=8, steps=3, path="static")
+    large = warm_start_counts(positions=64, hidden=H, rank=8, steps=3, path="static")
+    assert small["host_reads"] == 0 and large["host_reads"] == 0
+    assert small["ops"] == large["ops"]
+
+
+def test_prompt_plan_is_one_entry_of_the_slot_built_from_host_values():
+    plan = ws.prompt_plan(2, 5, "cpu")
+    assert plan.groups.entries == [2] and plan.groups.width == 5 and plan.groups.train is plan.groups
+    assert plan.slots.tolist() == [2] * 5 and bool(plan.groups.member.all())
+    assert plan.groups.gather.tolist() == list(range(5))
+
+
+def test_a_failed_warm_start_leaves_the_slot_at_init_and_says_so():
+    gen = torch.Generator().manual_seed(12)
+    x, y = _prompt_pairs(6, gen)
+    ex = _explorer()
+    s = ex.acquire_group("p")
+    init = ex.bank.slot_params(s)
+    with pytest.raises(ValueError, match=r"\[positions, 24\]"):
+        ex.warm_start_group("p", torch.cat([x, x[:, :4]], 1), torch.cat([y, y[:, :4]], 1))
+    assert not ex.needs_warm_start("p")  # not retried
+    assert ex.telemetry("p")["warm_start_failed"] is True
+    for k, v in ex.bank.slot_params(s).items():
+        assert torch.equal(v, init[k])
