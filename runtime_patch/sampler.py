@@ -101,6 +101,8 @@ def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
         groups=step.plan.groups,
         h_hat=None if step.head is None else step.head.h_hat,
         premixed=None if step.head is None else step.head.mixed,
+        unfiltered=not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling
+                        or sampling_info.need_min_p_sampling),  # top-k 1 (greedy) sets the first
     )
 
 

@@ -35,7 +35,7 @@ import torch
 
 from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.profiles import profile_names
+from esamp_sgl.core.profiles import DEFAULT_PROFILE, profile_names
 from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
 from esamp_sgl.bench.opcount import bench_config, server_step, step_counts, unfiltered
 from esamp_sgl.core.plan import plan_groups
@@ -80,7 +80,7 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
         is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE), slots=slots.to(DEVICE),
         betas=torch.full((rows,), 0.5, device=DEVICE), rules=rule, source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
         target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
-        probs=torch.softmax(scaled, dim=-1),
+        probs=torch.softmax(scaled, dim=-1), unfiltered=plain,  # the engine's batch flags
         groups=plan_groups(slots.tolist(), None, DEVICE))  # the engine's host plan
 
 
@@ -159,32 +159,59 @@ def run_core_bench(rows_list: list[int], hidden_list: list[int], vocab_list: lis
 def run_counts(device: torch.device, rows_list: list[int] | None = None,
                hidden_list: list[int] | None = None, vocab: int | None = None,
                group_size: int = 8, on_case: Callable[[dict], None] | None = None,
-               profiles: tuple[str, ...] = ("bounded",)) -> list[dict]:
+               profiles: tuple[str, ...] = ("bounded",), cadences: tuple[int, ...] = (1,),
+               paths: tuple[str, ...] | None = None) -> list[dict]:
     """Ops and bytes per step (opcount.step_counts) at the issue's shapes for this device, per profile."""
     cuda = device.type == "cuda"
     rows_list = rows_list or ([64, 256] if cuda else [256])
     hidden_list = hidden_list or ([896, 3584] if cuda else [576])
     vocab = vocab or (152064 if cuda else 49152)
-    paths = ["static"] if cuda else ["cpu", "static"]
+    paths = paths or (("static",) if cuda else ("cpu", "static"))
     out = []
     for profile in profiles:
         for hidden in hidden_list:
             for rows in rows_list:
                 for path in paths:
-                    out.append(_count_summary(step_counts(rows, group_size, hidden, vocab, path,
-                                                          device=device, profile=profile)))
-                    if on_case is not None:
-                        on_case(out[-1])
+                    for k in cadences:
+                        out.append(_count_summary(step_counts(rows, group_size, hidden, vocab, path,
+                                                              device=device, profile=profile, train_every=k)))
+                        if on_case is not None:
+                            on_case(out[-1])
     return out
 
 
 def _count_summary(c: dict) -> dict:
-    """A compact record: totals, and the top ops/bytes of the whole step."""
-    keep = ("ops", "views", "bytes_written", "host_reads")
+    """A compact record: totals, and the top ops/bytes of the whole step. `launches_per_step` and
+    `bytes_per_step`: the step's eager kernel launches (nothing runs in a CUDA graph yet) and bytes
+    written, amortized over the training cadence; `default`: the profile is the server's default."""
+    keep = ("ops", "views", "bytes_written", "bytes_read", "host_reads")
     return {**{k: c[k] for k in ("profile", "rows", "groups", "hidden", "vocab", "rank", "path", "device")},
-            "step": {k: c["step"][k] for k in keep}, "train": {k: c["train"][k] for k in keep},
+            "default": c["profile"] == DEFAULT_PROFILE, "train_every": c.get("train_every", 1),
+            "launches_per_step": c["step"]["ops"], "bytes_per_step": c["step"]["bytes_written"],
+            "bytes_read_per_step": c["step"].get("bytes_read"),
+            "roofline_h200": roofline(c["step"]["ops"], c["step"]["bytes_written"] + c["step"].get("bytes_read", 0)),
+            "roofline_h200_one_graph": roofline(1, c["step"]["bytes_written"] + c["step"].get("bytes_read", 0)),
+            "step": {k: c["step"].get(k) for k in keep}, "train": {k: c["train"].get(k) for k in keep},
             "step_top_bytes": c["step"]["top_bytes"], "train_top_bytes": c["train"]["top_bytes"],
             **({"phases": c["phases"]} if "phases" in c else {})}
+
+
+# The H200 roofline of the counted step (docs/performance.md § 9 says why these numbers): a 7B decode
+# step at R 256 takes ~6 ms stock (the low end of 6–9 ms: a faster stock step makes the ratio worse),
+# HBM streams ~3.8 TB/s in practice (4.8 peak), an eager kernel costs ~5 µs of host launch time and
+# at least ~2 µs on the device.
+H200 = {"stock_step_ms": 6.0, "hbm_tb_s": 3.8, "launch_us": 5.0, "kernel_min_us": 2.0}
+
+
+def roofline(launches: float, bytes_moved: float, machine: dict = H200) -> dict:
+    """Estimated extra time per step and throughput ratio to stock: the step is launch-bound (host
+    time) or memory-bound (device time), whichever is longer; training is counted on the critical
+    path (a side stream shares the same HBM)."""
+    host_ms = launches * machine["launch_us"] / 1e3
+    device_ms = bytes_moved / (machine["hbm_tb_s"] * 1e12) * 1e3 + launches * machine["kernel_min_us"] / 1e3
+    extra = max(host_ms, device_ms)
+    return {"extra_ms": round(extra, 3), "bound": "launches" if host_ms >= device_ms else "memory",
+            "ratio": round(machine["stock_step_ms"] / (machine["stock_step_ms"] + extra), 3)}
 
 
 def compare_counts(after: list[dict], before: list[dict]) -> list[dict]:
@@ -221,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count-rows", type=int, nargs="+", help="default: 256 (cpu), 64 256 (cuda)")
     p.add_argument("--count-hidden", type=int, nargs="+", help="default: 576 (cpu), 896 3584 (cuda)")
     p.add_argument("--count-vocab", type=int, help="default: 49152 (cpu), 152064 (cuda)")
+    p.add_argument("--count-paths", nargs="+", choices=("cpu", "static"),
+                   help="code paths to count (default: cpu static on cpu; static, the CUDA path, on cuda)")
+    p.add_argument("--train-every", type=int, nargs="+", default=[1],
+                   help="training cadences to count (default 1; amortized per step)")
     p.add_argument("--baseline-counts", help="opcount JSON of an older checkout: adds before → after")
     p.add_argument("--no-timing", action="store_true", help="counts only")
     p.add_argument("--output", help="write the JSON here as well (rewritten after every case)")
@@ -241,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.counts:  # first: deterministic, and the GPU check wants them even if timing runs out
         result["counts"] = []
         run_counts(DEVICE, args.count_rows, args.count_hidden, args.count_vocab,
-                   on_case=lambda c: (result["counts"].append(c), flush()), profiles=tuple(args.profiles))
+                   on_case=lambda c: (result["counts"].append(c), flush()), profiles=tuple(args.profiles),
+                   cadences=tuple(args.train_every),
+                   paths=tuple(args.count_paths) if args.count_paths else None)
         if args.baseline_counts:
             before = [_count_summary(c) for c in json.loads(Path(args.baseline_counts).read_text())]
             result["counts_before"] = before

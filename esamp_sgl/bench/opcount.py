@@ -6,6 +6,11 @@
   arguments (in place / out=), the size of what it writes: the whole argument, except for the
   index writes (index_copy_/index_fill_/index_add_/index_put_/scatter*), which count the rows they
   write. `_fused_adam(w)_` counts its parameters, moments and steps (not the gradients it reads).
+* bytes read: what each op reads from memory, counted the same way: every tensor argument whole,
+  except the gathers (index_select, gather, embedding, index), which read the rows they return, and
+  the pure writes (copy_, fill_, zero_, index_copy_/index_fill_), which do not read their
+  destination. No cache: an upper bound for what one kernel reads, exact for a weight streamed
+  once (e.g. the LM head read by a GEMM).
 * host reads: ops that read the device on the host (a sync under CUDA): .item()/bool()/float()
   (`_local_scalar_dense`), nonzero, unique, masked_select, bincount, equal. `.tolist()` and
   `.numpy()` of CPU tensors do not dispatch and are not seen, so on CPU this is a lower bound.
@@ -40,6 +45,8 @@ INDEX_WRITES = {"index_copy_", "index_fill_", "index_add_", "index_put_", "_inde
                 "scatter_", "scatter_add_", "scatter_reduce_"}
 FUSED_OPTIM = {"_fused_adam_", "_fused_adamw_", "_fused_sgd_"}
 ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}  # no kernel
+GATHERS = {"index_select", "gather", "embedding", "index", "take"}  # read what they return (+ the index)
+PURE_WRITES = {"copy_", "fill_", "zero_", "index_copy_", "index_fill_", "masked_fill_"}  # destination unread
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -60,6 +67,7 @@ class OpCounter(TorchDispatchMode):
         self.ops = 0
         self.views = 0
         self.bytes_written = 0
+        self.bytes_read = 0
         self.host_reads = 0
         self.by_op: Counter[str] = Counter()
         self.bytes_by_op: Counter[str] = Counter()
@@ -91,7 +99,18 @@ class OpCounter(TorchDispatchMode):
                     for t in _tensors(values.get(a.name)))
         self.bytes_written += n
         self.bytes_by_op[name] += n
+        self.bytes_read += self._read_bytes(name, schema, values, out, written)
         return out
+
+    @staticmethod
+    def _read_bytes(name: str, schema, values: dict, out, written) -> int:
+        destinations = {a.name for a in written} if name in PURE_WRITES else set()
+        inputs = [t for a in schema.arguments if a.name not in destinations
+                  for t in _tensors(values.get(a.name))]
+        if name in GATHERS:  # the rows returned, and the index itself
+            index = [t for t in inputs if not t.is_floating_point()]
+            return sum(_nbytes(t) for t in _tensors(out)) + sum(_nbytes(t) for t in index)
+        return sum(_nbytes(t) for t in inputs)
 
     @staticmethod
     def _index_write_bytes(name: str, v: dict) -> int:
@@ -112,7 +131,7 @@ class OpCounter(TorchDispatchMode):
 
     def report(self, top: int = 8) -> dict:
         return {"ops": self.ops, "views": self.views, "bytes_written": self.bytes_written,
-                "host_reads": self.host_reads,
+                "bytes_read": self.bytes_read, "host_reads": self.host_reads,
                 "top_ops": dict(self.by_op.most_common(top)),
                 "top_bytes": dict(self.bytes_by_op.most_common(top))}
 
@@ -135,7 +154,7 @@ def bench_config(profile: str, hidden: int, **kw) -> ESampConfig:
 
 
 def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank: int,
-           device: torch.device, seed: int = 0, profile: str = "bounded"):
+           device: torch.device, seed: int = 0, profile: str = "bounded", train_every: int = 1):
     from esamp_sgl.core.explorer import Explorer
     from esamp_sgl.core.step import StepBatch
 
@@ -146,7 +165,8 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     else:
         w = (torch.randn(vocab, hidden, generator=gen) * 0.02).to(torch.bfloat16)
     groups = -(-rows // group_size)
-    cfg = bench_config(profile, hidden, max_groups=groups, fit_gate=False)  # a bank of the groups in use
+    cfg = bench_config(profile, hidden, max_groups=groups, fit_gate=False,  # a bank of the groups in use
+                       train_every=train_every)
     if cfg.distiller == "lowrank":
         cfg = cfg.model_copy(update={"rank": min(rank, hidden)})
     plain = unfiltered(cfg)  # the paper's sampling (T 1, no truncation): the latent path
@@ -176,7 +196,7 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
         slots=slots, betas=torch.full((rows,), 1.0, device=device), rules=cfg.rule,
         source=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16),
         target=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16), any_active=True,
-        probs=torch.softmax(scaled, dim=-1), **kw)
+        probs=torch.softmax(scaled, dim=-1), unfiltered=plain, **kw)
     return ex, batch, slot_list
 
 
@@ -197,31 +217,44 @@ def server_step(ex, batch, stock_sample: Callable[[], torch.Tensor]) -> torch.Te
 
 def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: int = 49152,
                 path: str = "cpu", rank: int = 64, device: str | torch.device = "cpu",
-                profile: str = "bounded") -> dict:
+                profile: str = "bounded", train_every: int = 1) -> dict:
     """Counts for one whole ESamp step as the server runs it (server_step minus the stock draw, which
-    is stock's cost) and for its training step alone, after two warm-up steps."""
+    is stock's cost) and for its training step alone, after two warm-up steps. With a training
+    cadence k, `step` is the mean over k consecutive steps (one of them trains): amortized."""
     device = torch.device(device)
-    ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device, profile=profile)
+    ex, batch, slot_list = _setup(rows, group_size, hidden, vocab, path, rank, device, profile=profile,
+                                  train_every=train_every)
     stock_tokens = batch.probs.argmax(-1)
     for _ in range(2):
         server_step(ex, batch, lambda: stock_tokens)
     ex.trainer.wait()
-    step = count(lambda: (server_step(ex, batch, lambda: stock_tokens), ex.trainer.wait()))
+    step = _per_step(count(lambda: ([server_step(ex, batch, lambda: stock_tokens) for _ in range(train_every)],
+                                    ex.trainer.wait())), train_every)
     train_kw = {}
     groups = getattr(batch, "groups", None)
     if groups is not None:
         train_kw["groups"] = groups.train
     has_slot = batch.slots >= 0
+    ex.trainer.train_every = 1  # the training step alone, on one step's rows
     train = count(lambda: (ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot,
                                                **train_kw), ex.trainer.wait()))
     phases = _phase_counts(ex, batch) if path == "static" and not ex.config.latent_mixing else None
     ex.close()
     out = {"profile": profile, "rows": rows, "groups": len(set(slot_list)), "hidden": hidden, "vocab": vocab,
-           "rank": ex.config.rank, "path": path, "device": str(device),
+           "rank": ex.config.rank, "path": path, "device": str(device), "train_every": train_every,
            "step": step, "train": train}
     if phases is not None:
         out["phases"] = phases
     return out
+
+
+def _per_step(report: dict, steps: int) -> dict:
+    """A count over `steps` steps as the mean per step (ops may then be fractional)."""
+    if steps == 1:
+        return report
+    mean = {k: report[k] / steps for k in ("ops", "views", "bytes_written", "bytes_read", "host_reads")}
+    return {**report, **mean, "top_ops": {k: v / steps for k, v in report["top_ops"].items()},
+            "top_bytes": {k: v / steps for k, v in report["top_bytes"].items()}}
 
 
 def _phase_counts(ex, batch) -> dict:
@@ -250,7 +283,7 @@ def _phase_counts(ex, batch) -> dict:
         corr, ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
         ex.stats.record_candidates(batch.slots, has, rw.applied, rw.cand.truncated, corr, ok)
     out["telemetry_and_gate"] = count(records)
-    keep = ("ops", "bytes_written", "host_reads")
+    keep = ("ops", "bytes_written", "bytes_read", "host_reads")
     return {k: {m: v[m] for m in keep} for k, v in out.items()}
 
 
@@ -300,7 +333,7 @@ def warm_start_counts(positions: int = 512, hidden: int = 576, rank: int = 64, s
         raise RuntimeError(f"profile {profile!r}: the warm start did not run")
     return {"profile": profile, "positions": positions, "hidden": hidden, "rank": cfg.rank,
             "steps": cfg.warm_start_steps, "path": path, "device": str(device),
-            **{k: counts[k] for k in ("ops", "bytes_written", "host_reads")}}
+            **{k: counts[k] for k in ("ops", "bytes_written", "bytes_read", "host_reads")}}
 
 
 if __name__ == "__main__":

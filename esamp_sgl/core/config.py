@@ -168,11 +168,13 @@ FIELDS: dict[str, FieldRule] = {
     "grad_clip": FieldRule("float", 0.0, 1e6, doc="clip each group's gradient to this norm per step (0: off)"),
     "weight_decay": FieldRule("float", 0.0, 1.0, doc="weight decay (adamw, sgd)"),
     "train_steps_per_decode": FieldRule("int", 1, 64, doc="optimiser steps per decode step"),
+    "train_every": FieldRule("int", 1, 64, doc="decode steps per training step: the Distiller trains on "
+                             "the last k steps' tokens every k-th step (a mini-batch; 1 = every token)"),
     "training": FieldRule("bool", doc="false: frozen Distillers (predict only; warm starts still apply)"),
     "tilt_bound": FieldRule("float", 0.0, 10.0,
                             doc="a signal's spread over the candidates is at most this x the model's own (0: unbounded)"),
-    "latent_mixing": FieldRule("bool", doc="rows without top-k/top-p/min-p are mixed in latent space: one "
-                                           "projection of the error, the full vocabulary, no candidate cap"),
+    "latent_mixing": FieldRule("bool", doc="rows without top-k/top-p/min-p are mixed in latent space: the LM "
+                                           "head projects (1+β)·h − β·ĥ, the full vocabulary, no candidate cap"),
     "fit_gate": FieldRule("bool", doc="scale β by the group's measured fit (an unmeasured Distiller leaves tokens stock)"),
     "gate_r2_full": FieldRule("float", 0.0, 1.0, lo_open=True, doc="held-out R² at which the gate is fully open"),
     "gate_window": FieldRule("int", 1, 100_000, doc="steps over which the gate's fit is measured"),
@@ -232,6 +234,7 @@ class ESampConfig(BaseModel):
     grad_clip: float = _DEFAULTS["grad_clip"]
     weight_decay: float = _DEFAULTS["weight_decay"]
     train_steps_per_decode: int = _DEFAULTS["train_steps_per_decode"]
+    train_every: int = _DEFAULTS["train_every"]
     training: bool = _DEFAULTS["training"]  # False = frozen distiller (predict only; warm starts still apply)
     # -- how far the Distiller may steer (reweight.py: the bounded tilt; gate.py: the fit gate) ------
     # A Distiller signal's spread over a row's candidates is at most tilt_bound x the model's own (0: off).

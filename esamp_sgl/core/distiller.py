@@ -46,6 +46,21 @@ class DistillerInit:
                 "ln_w": self.ln_w, "ln_b": self.ln_b}
 
 
+def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], groups: RowGroups, sink: int,
+                        forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
+    """The Distiller for the rows of a host plan over the whole bank: `p` = the bank's parameters
+    ([slots + 1, ...] views, no copy); each row goes to block `slot·n + j` of a [slots + 1, n, H] input
+    (rows outside the plan to the sink's block, whose output nothing reads). Same result as
+    distill_groups; [R, H] fp32, rows outside the plan 0."""
+    n, hidden = groups.width, x.shape[-1]
+    blocks = next(iter(p.values())).shape[0]
+    slot = groups.entry_index.index_select(0, torch.div(groups.position, n, rounding_mode="floor"))
+    where = torch.where(groups.member, slot * n + groups.position % n, sink * n)
+    xb = torch.zeros(blocks * n, hidden, device=x.device).index_copy_(0, where, x.to(torch.float32))
+    y = forward(xb.view(blocks, n, hidden), p).view(blocks * n, hidden).index_select(0, where)
+    return torch.where(groups.member.unsqueeze(-1), y, 0.0)
+
+
 def distill_groups(x: Tensor, p: dict[str, Tensor], groups: RowGroups,
                    forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
     """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
@@ -119,6 +134,8 @@ class DistillerBank:
             x = x.to(device=self.device)
             forward = self.arch.forward
             if groups is not None:
+                if self.reads_whole_bank(groups):
+                    return distill_bank_blocks(x, self.params, groups, self.sink, forward)
                 return distill_groups(x, self.gather(groups.entry_index), groups, forward)
             idx = self.slot_index(slot)
             if not self.grouped:  # one parameter set per row: a block of one row per entry
@@ -128,6 +145,11 @@ class DistillerBank:
             return distill_groups(x, self.gather(plan.entry_index), plan, forward)
 
     __call__ = forward
+
+    def reads_whole_bank(self, groups: RowGroups) -> bool:
+        """Predict from the bank in place when the groups in use are at least a third of it: a gather
+        moves ~3 parameter sets per group (read, write, read again), the whole bank one per slot."""
+        return 3 * groups.size >= self.slots + 1
 
     @torch.no_grad()
     def reset_slots(self, slot_ids: Tensor) -> None:

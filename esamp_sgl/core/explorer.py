@@ -72,7 +72,8 @@ class Explorer:
         self.trainer = TestTimeTrainer(
             self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
             weight_decay=config.weight_decay, steps_per_decode=config.train_steps_per_decode,
-            mode=self.train_mode, adam_eps=config.adam_eps, grad_clip=config.grad_clip)
+            mode=self.train_mode, adam_eps=config.adam_eps, grad_clip=config.grad_clip,
+            train_every=config.train_every)
         self.backend = resolve_backend(config.backend)
         # ESamp's own draws never touch the engine's RNG, so stock rows stay bit-identical.
         self.generator = torch.Generator(device=self.device)
@@ -158,6 +159,7 @@ class Explorer:
                else idx.to(self.device))
         self.bank.reset_slots(idx)
         self.trainer.reset_slots(idx)
+        self.trainer.forget_pending(slots)
         self.stats.reset(idx)
         self.gate.reset(idx)
         if self.group_counts is not None:

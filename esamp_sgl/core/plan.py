@@ -65,6 +65,9 @@ class RowGroups:
     position: Tensor  # [R] int64 each row's padded position (rows outside: 0)
     member: Tensor  # [R] bool the row belongs to an entry
     train: "RowGroups | None" = None  # the layout of the rows that train (None: none train)
+    # host: each row's slot if the row is in the layout, else -1 (a training cadence merges the
+    # layouts of several steps from it, trainer.py)
+    row_slots: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -80,7 +83,8 @@ class RowGroups:
     @staticmethod
     def arrays(slots: np.ndarray, include: np.ndarray | None = None) -> tuple[list[int], int, list[np.ndarray]] | None:
         """The layout as host arrays (entries, n, [entry_index, gather, weight, count, position,
-        member]) for the rows with include & slot >= 0; None if there is none."""
+        member]) for the rows with include & slot >= 0; None if there is none. `member` is the
+        row_slots' mask: np.where(member, slots, -1) are the row_slots."""
         slots = np.asarray(slots, dtype=np.int64)
         keep = slots >= 0 if include is None else (np.asarray(include, dtype=bool) & (slots >= 0))
         rows = np.flatnonzero(keep)
@@ -103,10 +107,11 @@ class RowGroups:
                  counts.astype(np.float32), position, keep])
 
     @classmethod
-    def from_arrays(cls, entries: list[int], n: int, tensors: Sequence[Tensor]) -> "RowGroups":
+    def from_arrays(cls, entries: list[int], n: int, tensors: Sequence[Tensor],
+                    row_slots: np.ndarray | None = None) -> "RowGroups":
         entry_index, gather, weight, count, position, member = tensors
         return cls(entries, int(position.shape[0]), n, entry_index, gather, weight, count,
-                   position, member)
+                   position, member, row_slots=row_slots)
 
 
 def plan_arrays(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None):
@@ -122,13 +127,28 @@ def plan_arrays(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.nd
     arrays = list(pred[2]) + ([] if trn is None else list(trn[2]))
 
     def build(views: Sequence[Tensor]) -> RowGroups:
-        groups = RowGroups.from_arrays(pred[0], pred[1], views[:6])
+        groups = RowGroups.from_arrays(pred[0], pred[1], views[:6], _row_slots(slots, pred))
         if same:
             groups.train = groups
         elif trn is not None:
-            groups.train = RowGroups.from_arrays(trn[0], trn[1], views[6:12])
+            groups.train = RowGroups.from_arrays(trn[0], trn[1], views[6:12], _row_slots(slots, trn))
         return groups
     return arrays, build
+
+
+def _row_slots(slots: np.ndarray, found) -> np.ndarray:
+    return np.where(found[2][5], slots, -1)
+
+
+def plan_host(row_slots: np.ndarray, device: torch.device | str) -> RowGroups | None:
+    """One layout (no `.train`) of the rows with a slot, from host slots (-1: not included); one
+    host→device copy, no device read. None when no row has a slot."""
+    row_slots = np.asarray(row_slots, dtype=np.int64)
+    found = RowGroups.arrays(row_slots)
+    if found is None:
+        return None
+    entries, n, arrays = found
+    return RowGroups.from_arrays(entries, n, to_device(arrays, device), _row_slots(row_slots, found))
 
 
 def plan_groups(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None,
@@ -153,9 +173,6 @@ def plan_rows(slots: Tensor, include: Tensor | None = None) -> RowGroups | None:
     """One layout (no `.train`) of the rows with include & slot >= 0, from a host read of device
     tensors (free on CPU; one sync on CUDA). None when there is no such row."""
     s = slots.detach().to("cpu", torch.int64).numpy()
-    inc = None if include is None else include.detach().to("cpu", torch.bool).numpy()
-    found = RowGroups.arrays(s, inc)
-    if found is None:
-        return None
-    entries, n, arrays = found
-    return RowGroups.from_arrays(entries, n, to_device(arrays, slots.device))
+    if include is not None:
+        s = np.where(include.detach().to("cpu", torch.bool).numpy(), s, -1)
+    return plan_host(s, slots.device)

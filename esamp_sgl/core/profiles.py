@@ -31,7 +31,7 @@ from typing import Any
 # The fields that make up a method; the others (bank size, seeds, grouping, kernels) are operational.
 PROFILE_FIELDS = (
     "rule", "beta", "distiller", "distiller_blocks", "rank", "source_layer", "source_site", "target_site",
-    "optimizer", "lr", "adam_eps", "grad_clip", "weight_decay", "train_steps_per_decode", "training",
+    "optimizer", "lr", "adam_eps", "grad_clip", "weight_decay", "train_steps_per_decode", "train_every", "training",
     "prefill_warm_start", "svd_warm_start", "fit_gate", "tilt_bound", "latent_mixing",
 )
 
@@ -41,7 +41,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "distiller": "swiglu", "distiller_blocks": 2, "rank": 384,
         "source_layer": 1, "source_site": "residual", "target_site": "final_norm",
         "optimizer": "adam", "lr": 4e-4, "adam_eps": 1e-4, "grad_clip": 0.5, "weight_decay": 0.0,
-        "train_steps_per_decode": 1, "training": True,
+        "train_steps_per_decode": 1, "train_every": 1, "training": True,
         "prefill_warm_start": False, "svd_warm_start": False,
         "fit_gate": False, "tilt_bound": 0.0, "latent_mixing": True,
     },
@@ -50,7 +50,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "distiller": "lowrank", "distiller_blocks": 1, "rank": 64,
         "source_layer": 0, "source_site": "first_input_norm", "target_site": "last_input_norm",
         "optimizer": "adamw", "lr": 1e-3, "adam_eps": 1e-8, "grad_clip": 0.0, "weight_decay": 0.01,
-        "train_steps_per_decode": 1, "training": True,
+        "train_steps_per_decode": 1, "train_every": 1, "training": True,
         "prefill_warm_start": False, "svd_warm_start": False,
         "fit_gate": False, "tilt_bound": 0.0, "latent_mixing": False,
     },
@@ -59,7 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "distiller": "lowrank", "distiller_blocks": 1, "rank": 64,
         "source_layer": 2, "source_site": "residual", "target_site": "final_norm",
         "optimizer": "adam", "lr": 1e-3, "adam_eps": 1e-8, "grad_clip": 0.0, "weight_decay": 0.0,
-        "train_steps_per_decode": 1, "training": True,
+        "train_steps_per_decode": 1, "train_every": 1, "training": True,
         "prefill_warm_start": True, "svd_warm_start": False,
         "fit_gate": True, "tilt_bound": 1.0, "latent_mixing": False,
     },

@@ -46,6 +46,9 @@ class StepBatch:
     # carry the mix (the stock token of such a row is ESamp's).
     h_hat: Tensor | None = None
     premixed: Tensor | None = None
+    # host: no row has top-k, top-p or min-p and none is greedy (the engine's batch flags say so
+    # without a device read); then latent mixing needs no candidate set for any row
+    unfiltered: bool = False
 
     def take(self, rows: Tensor) -> "StepBatch":
         """The batch restricted to `rows` (a host read of `rows` for per-row rule names; the plan
@@ -247,13 +250,21 @@ class Explored:
     rw: Reweighted | None  # the candidate path, if it ran
 
 
+def every_row_latent(ex: Explorer, batch: StepBatch) -> bool:
+    """Host-side: every exploring row of the batch mixes in latent space (no filter in the batch by
+    the engine's flags, and every row's rule mixes), so no row needs the candidate path."""
+    names = [batch.rules] if isinstance(batch.rules, str) else batch.rules
+    return ex.config.latent_mixing and batch.unfiltered and all(r in LATENT_VECTOR for r in names)
+
+
 def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Explored:
     """Steps 3-5: reweight (candidates, or latent mixing for unfiltered rows) and draw with ESamp's
     own generator (greedy: argmax). Rows the engine mixed before its LM head (`batch.premixed`) are
     not drawn again: the engine's draw from W_U·h_mix is theirs."""
     latent = latent_rows(ex, batch)
     premixed = batch.premixed if latent is not None else None
-    all_latent = latent is not None and ex.trim_candidates and bool(latent.all())  # host read: CPU only
+    all_latent = latent is not None and (every_row_latent(ex, batch)
+                                         or (ex.trim_candidates and bool(latent.all())))  # host read: CPU only
     rw = tokens = drawn = None
     if not all_latent:
         rw = reweight(ex, batch, h_hat)

@@ -29,9 +29,13 @@ Execution (`mode`):
   (streams.StreamFence: SGLang calls wait() from the forward stream and, freeing a slot, from the
   scheduler's; each must be ordered, not just the first to ask). No host sync anywhere
   (`static_shapes`): the layout comes from the host plan and non-finite losses are handled with
-  device-side index writes.
-On CPU (`static_shapes=False`) host reads are free, so the non-finite reset only runs when a
-loss was not finite.
+  device-side index writes: the slots whose loss was not finite are collected on the device and
+  reset together every NONFINITE_RESET_EVERY training steps (resetting only the bad ones would
+  need a host read; resetting through a sink row every step writes a parameter set and its
+  moments per entry, ~4× the optimiser's own parameter writes). Until then such a slot predicts
+  non-finite values, so its rows sample stock (step.applies) and its gradient is excluded.
+On CPU (`static_shapes=False`) host reads are free, so the non-finite reset runs at once, and only
+when a loss was not finite.
 
 A slot whose loss is NaN/inf is reset to the init template, its optimiser state is zeroed and
 the telemetry counts it; the other slots in the same step are trained normally.
@@ -39,17 +43,19 @@ the telemetry counts it; the other slots in the same step are trained normally.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from esamp_sgl.core.config import check_field
 from esamp_sgl.core.architectures import split_flat
 from esamp_sgl.core.distiller import DistillerBank
-from esamp_sgl.core.plan import RowGroups, plan_rows
+from esamp_sgl.core.plan import RowGroups, plan_host, plan_rows, to_device
 from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
+NONFINITE_RESET_EVERY = 32  # training steps between the static path's resets of non-finite slots
 MODES = ("sync", "cuda_stream")  # esamp_train_mode once "auto" is resolved (explorer.py)
 
 
@@ -59,7 +65,7 @@ class TestTimeTrainer:
     def __init__(self, bank: DistillerBank, telemetry: Telemetry, *, optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, steps_per_decode: int = 1,
                  mode: str = "sync", static_shapes: bool | None = None, adam_eps: float = 1e-8,
-                 grad_clip: float = 0.0) -> None:
+                 grad_clip: float = 0.0, train_every: int = 1) -> None:
         check_field("optimizer", optimizer)
         if mode not in MODES:
             raise ValueError(f"esamp_train_mode must be one of {', '.join(map(repr, MODES))}, "
@@ -72,11 +78,17 @@ class TestTimeTrainer:
         self.adam_eps = check_field("adam_eps", adam_eps)
         self.grad_clip = check_field("grad_clip", grad_clip)  # per group (entry) and step; 0 = off
         self.steps_per_decode = steps_per_decode
+        # Cadence: train every k-th scheduled step on the rows of the last k (a mini-batch, §4.3 of the
+        # paper); the rows in between wait here as [m, H] copies with their slots on the host.
+        self.train_every = check_field("train_every", train_every)
+        self._pending: list[tuple[Tensor, Tensor, np.ndarray]] = []
+        self._train_calls = 0
         self.mode = mode
         # True: never read the device on the host inside a step (the CUDA path).
         self.static_shapes = bank.device.type == "cuda" if static_shapes is None else static_shapes
         with torch.inference_mode(False):
             self.step_count = torch.zeros(bank.slots + 1, device=bank.device)
+            self.nonfinite = torch.zeros(bank.slots + 1, device=bank.device)  # static path: slots to reset
             self.step_rows = self.step_count.unbind(0)  # 0-d views: Adam's per-slot step counts
             # Moments as flat [slots + 1, P] blocks like the bank's parameters; the dicts are views.
             self.exp_avg_flat: Tensor | None = None
@@ -115,6 +127,11 @@ class TestTimeTrainer:
             groups = plan_rows(slots, valid)
             if groups is None:
                 return
+        if self.train_every > 1 and not warm:
+            batch = self._gather_cadence(source, target, groups)
+            if batch is None:
+                return
+            source, target, groups = batch
         # The group blocks [U·n, H] (a copy: the engine may reuse its buffers in the async modes;
         # made outside inference mode, so that autograd may save them).
         with torch.inference_mode(False):
@@ -133,6 +150,30 @@ class TestTimeTrainer:
         for t in (x, y, *groups.buffers()):
             t.record_stream(self._stream)
         self._writes.record(self._stream)
+
+    def _gather_cadence(self, source: Tensor, target: Tensor,
+                        groups: RowGroups) -> tuple[Tensor, Tensor, RowGroups] | None:
+        """Keep this step's trainable rows; on every k-th step return all kept rows with one plan
+        over them (built from the host slots: no device read), else None."""
+        dev = self.bank.device
+        rows = np.flatnonzero(groups.row_slots >= 0)
+        (index,) = to_device([rows.astype(np.int64)], dev)
+        with torch.inference_mode(False):
+            self._pending.append((source.detach().to(dev).index_select(0, index),
+                                  target.detach().to(dev).index_select(0, index), groups.row_slots[rows]))
+        if len(self._pending) < self.train_every:
+            return None
+        xs, ys, slot_lists = zip(*self._pending)
+        self._pending = []
+        merged = plan_host(np.concatenate(slot_lists), dev)
+        if merged is None:  # every kept row's slot was freed meanwhile
+            return None
+        return torch.cat(xs), torch.cat(ys), merged
+
+    def forget_pending(self, slots: list[int]) -> None:
+        """Rows kept for the cadence whose slot is freed must not train the slot's next group."""
+        gone = np.asarray(slots, dtype=np.int64)
+        self._pending = [(x, y, np.where(np.isin(s, gone), -1, s)) for x, y, s in self._pending]
 
     def wait(self) -> None:
         """Order everything queued on the calling stream after this call behind the scheduled
@@ -155,7 +196,9 @@ class TestTimeTrainer:
     def reset_slots(self, slot_ids: Tensor) -> None:
         """Zero the optimiser state of freed slots (call wait() first)."""
         with torch.inference_mode(False):
-            self._zero_state(slot_ids.to(device=self.bank.device, dtype=torch.int64).reshape(-1))
+            idx = slot_ids.to(device=self.bank.device, dtype=torch.int64).reshape(-1)
+            self._zero_state(idx)
+            self.nonfinite.index_fill_(0, idx, 0.0)  # a reset slot has nothing left to reset
 
     def _zero_state(self, idx: Tensor) -> None:
         """Fresh optimiser state (moments, step count) for the bank rows `idx`."""
@@ -174,29 +217,40 @@ class TestTimeTrainer:
                warm: bool) -> None:
         """The recipe. x, y: [U·n, H] the rows of the plan's padded blocks (any dtype), laid out once;
         per step: loss and gradients of every entry, one fused optimiser step; then reset the entries
-        whose loss was not finite, and record the telemetry."""
+        whose loss was not finite, and record the telemetry. When the plan's groups are a good part of
+        the bank (DistillerBank.reads_whole_bank) the blocks are the whole bank's, read in place (no
+        gather of parameters); the entries' losses and gradients are then taken from them."""
         bank = self.bank
         u, n, hidden = groups.size, groups.width, bank.hidden
-        x = x.to(torch.float32).view(u, n, hidden)
-        y = y.to(torch.float32).view(u, n, hidden)
         entries = groups.entry_index
         coef = groups.weight / groups.count.unsqueeze(-1)  # [U, n]: 1/count at rows, 0 at padding
+        whole = bank.reads_whole_bank(groups)
+        if whole:
+            x, y, coef = self._bank_blocks(x, y, coef, groups)
+        x = x.to(torch.float32).view(-1, n, hidden)
+        y = y.to(torch.float32).view(-1, n, hidden)
         rows = [bank.rows[e] for e in groups.entries]  # the bank's rows, updated in place
         bad = torch.zeros(u, dtype=torch.bool, device=bank.device)
         taken = torch.zeros(u, device=bank.device)
         first_loss = counted = None
         for _ in range(steps):
-            loss, finite, grad = self._loss_and_grad(x, y, entries, coef)
+            loss, finite, grad = self._loss_and_grad(x, y, None if whole else entries, coef)
+            if whole:  # the entries' rows of the bank's blocks
+                loss, finite = loss.index_select(0, entries), finite.index_select(0, entries)
+                grads = [grad[e] for e in groups.entries]
+            else:
+                grads = list(grad.unbind(0))
             if first_loss is None:
                 first_loss, counted = loss, finite
             bad |= ~finite
             taken += (~bad).float()
             with torch.no_grad():
-                self._optimizer_step(groups, rows, grad, lr)
+                self._optimizer_step(groups, rows, grads, lr)
 
         with torch.no_grad():
             if warm:  # the loss after the warm start, for telemetry
-                last_loss = self._entry_loss(x, y, coef, bank.gather(entries))
+                last_loss = (self._entry_loss(x, y, coef, bank.params).index_select(0, entries) if whole
+                             else self._entry_loss(x, y, coef, bank.gather(entries)))
             self._reset_nonfinite(entries, bad)
             assert first_loss is not None and counted is not None
             if warm:
@@ -207,21 +261,49 @@ class TestTimeTrainer:
                 self.telemetry.record_train(entries, first_loss, counted, taken, bad)
 
     def _reset_nonfinite(self, entries: Tensor, bad: Tensor) -> None:
-        """Entries whose loss was not finite go back to the init template with fresh optimiser state.
-        Without a host read (static shapes) every entry writes: the bad ones their own slot, the
-        others the sink (whose content nothing reads)."""
-        if self.static_shapes or bool(bad.any()):
-            bank = self.bank
-            target = torch.where(bad, entries, bank.sink)
-            bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(entries.shape[0], -1))
-            self._zero_state(target)
+        """Entries whose loss was not finite go back to the init template with fresh optimiser state:
+        at once on CPU; on the static path collected and reset every NONFINITE_RESET_EVERY steps."""
+        if not self.static_shapes:
+            if bool(bad.any()):
+                self._reset_to_template(torch.where(bad, entries, self.bank.sink))
+            return
+        self.nonfinite.index_add_(0, entries, bad.float())
+        self._train_calls += 1
+        if self._train_calls % NONFINITE_RESET_EVERY == 0:
+            self.flush_nonfinite()
+
+    def flush_nonfinite(self) -> None:
+        """Reset the collected non-finite slots (static path; no host read): every bank row writes,
+        the collected ones their own row, the others the sink (whose content nothing reads)."""
+        bank = self.bank
+        every = torch.arange(bank.slots + 1, device=bank.device)
+        with torch.no_grad():
+            self._reset_to_template(torch.where(self.nonfinite > 0, every, bank.sink))
+            self.nonfinite.zero_()
+
+    def _reset_to_template(self, target: Tensor) -> None:
+        bank = self.bank
+        bank.flat.index_copy_(0, target, bank.template_flat.unsqueeze(0).expand(target.shape[0], -1))
+        self._zero_state(target)
 
     def _entry_loss(self, x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
         """[U] per entry: the mean over its rows of mean_H (f(x) − y)² (padding weighs 0)."""
         err = (self.bank.arch.forward(x, p) - y).square().mean(-1)  # [U, n]
         return (err * coef).sum(-1)
 
-    def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor,
+    def _bank_blocks(self, x: Tensor, y: Tensor, coef: Tensor,
+                     groups: RowGroups) -> tuple[Tensor, Tensor, Tensor]:
+        """The plan's entry-major blocks moved to the whole bank's slot-major blocks [(slots + 1)·n]
+        (the other slots' blocks: zero rows of weight 0, whose gradients nothing reads)."""
+        n, blocks = groups.width, self.bank.slots + 1
+        dest = (groups.entry_index.unsqueeze(-1) * n
+                + torch.arange(n, device=coef.device)).reshape(-1)  # [U·n] slot·n + j
+
+        def move(t: Tensor) -> Tensor:
+            return torch.zeros(blocks * n, *t.shape[1:], dtype=t.dtype, device=t.device).index_copy_(0, dest, t)
+        return move(x), move(y), move(coef.reshape(-1)).view(blocks, n)
+
+    def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor | None,
                        coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss [U], loss is finite [U], gradient [U, P]) with one gather of the U parameter rows. The
         backward pass is the architecture's own (written out, no autograd graph): each gradient goes
@@ -230,7 +312,8 @@ class TestTimeTrainer:
         is reset afterwards). With grad_clip, each entry's gradient is clipped to that norm."""
         bank = self.bank
         hidden = x.shape[-1]
-        p = bank.gather(entries)  # one [U, P] gather, viewed per parameter
+        # one [U, P] gather, viewed per parameter; entries None: the whole bank's rows in place
+        p = bank.params if entries is None else bank.gather(entries)
         grad = torch.empty(x.shape[0], bank.numel, device=x.device)
         out, saved = bank.arch.forward_saving(x, p)
         diff = out - y
@@ -244,13 +327,12 @@ class TestTimeTrainer:
             grad.mul_((self.grad_clip / (norm + 1e-6)).clamp(max=1.0))
         return loss, finite, grad
 
-    def _optimizer_step(self, groups: RowGroups, rows: list[Tensor], grad: Tensor,
+    def _optimizer_step(self, groups: RowGroups, rows: list[Tensor], grads: list[Tensor],
                         lr: float) -> None:
-        """One optimiser step of every entry, in place on the bank's rows. Each slot has its own
-        step count (bias correction); an entry whose loss was not finite gets a NaN update here
-        and is reset after the last step."""
+        """One optimiser step of every entry, in place on the bank's rows (`grads`: one [P] row per
+        entry). Each slot has its own step count (bias correction); an entry whose loss was not
+        finite gets a NaN update here and is reset after the last step."""
         wd = self.weight_decay
-        grads = list(grad.unbind(0))
         self.step_count.index_add_(0, groups.entry_index, torch.ones_like(groups.count))
         if self.optimizer == "sgd":
             if wd:

@@ -106,3 +106,27 @@ def test_soak_memory_over_passes_judges_steady_growth_after_the_second_pass():
     # Two passes cannot tell steady growth from the high-water mark; no RSS (no pid): nothing judged.
     assert memory_over_passes(reports(1000.0, [1150.0, 1300.0]), 16)["steady_growth_mib_per_pass"] is None
     assert memory_over_passes(reports(None, [None, None, None]), 16)["growth_per_pass_mib"] is None
+
+
+def test_the_counter_reads_whole_operands_gathered_rows_and_not_a_pure_writes_destination():
+    import torch
+
+    from esamp_sgl.bench.opcount import count
+
+    x, w = torch.ones(4, 8), torch.ones(8, 16)
+    assert count(lambda: x @ w)["bytes_read"] == (4 * 8 + 8 * 16) * 4  # a weight streamed once
+    table, rows = torch.ones(10, 5), torch.tensor([1, 3])
+    assert count(lambda: table.index_select(0, rows))["bytes_read"] == 2 * 5 * 4 + 2 * 8
+    dest = torch.zeros(10, 5)
+    assert count(lambda: dest.copy_(table))["bytes_read"] == 10 * 5 * 4  # the source only
+
+
+def test_a_training_cadence_amortizes_the_training_bytes_over_its_steps():
+    from esamp_sgl.bench.opcount import step_counts
+
+    every, fourth = (step_counts(64, 8, 64, 512, "static", profile="bounded", train_every=k) for k in (1, 4))
+    assert every["step"]["bytes_written"] > fourth["step"]["bytes_written"]
+    assert fourth["train_every"] == 4 and fourth["step"]["host_reads"] == 0
+    # one optimiser step in four (on four steps' rows): its writes amortize exactly
+    adam = "_fused_adam_"
+    assert fourth["step"]["top_bytes"][adam] == every["step"]["top_bytes"][adam] / 4

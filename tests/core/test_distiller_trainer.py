@@ -259,3 +259,36 @@ def test_training_works_inside_inference_mode():
         trainer.schedule(x, y, slots, valid)
         bank.reset_slots(torch.tensor([1]))
     assert not torch.equal(bank.params["ag"][0], before["ag"])
+
+
+def test_a_training_cadence_trains_every_kth_step_on_the_last_k_steps_rows():
+    """train_every 3: nothing changes for two steps; the third trains once on the three steps' rows,
+    exactly as one step of a trainer fed those rows together; a slot freed meanwhile drops its rows."""
+    slot_steps = [torch.tensor([0, 1, 0, -1]), torch.tensor([1, 0, 2, 2]), torch.tensor([0, 0, 1, 2])]
+    data = [_rows(s.tolist(), seed=i)[:2] for i, s in enumerate(slot_steps)]
+    every, once = _bank(), _bank()
+    _perturb(every), _perturb(once)
+    cadence, single = _trainer(every, train_every=3), _trainer(once)
+    start = every.flat.clone()
+    for i, (s, (x, y)) in enumerate(zip(slot_steps, data)):
+        cadence.schedule(x, y, s, s >= 0)
+        if i < 2:
+            assert torch.equal(every.flat, start)  # between training steps the parameters hold
+    x_all = torch.cat([x for x, _ in data])
+    y_all = torch.cat([y for _, y in data])
+    s_all = torch.cat(slot_steps)
+    single.schedule(x_all, y_all, s_all, s_all >= 0)
+    assert torch.allclose(every.flat, once.flat, atol=1e-6)
+    assert int(cadence.telemetry.train_steps[0]) == 1  # one optimiser step for the three decode steps
+
+    freed, kept = _bank(), _bank()
+    _perturb(freed), _perturb(kept)
+    dropping, reference = _trainer(freed, train_every=2), _trainer(kept)
+    x0, y0 = data[0]
+    dropping.schedule(x0, y0, slot_steps[0], slot_steps[0] >= 0)
+    dropping.forget_pending([1])  # slot 1's group left: its kept rows must not train the slot again
+    x1, y1 = data[1]
+    dropping.schedule(x1, y1, slot_steps[1], slot_steps[1] >= 0)
+    s_kept = torch.cat([torch.where(slot_steps[0] == 1, -1, slot_steps[0]), slot_steps[1]])
+    reference.schedule(torch.cat([x0, x1]), torch.cat([y0, y1]), s_kept, s_kept >= 0)
+    assert torch.allclose(freed.flat, kept.flat, atol=1e-6)

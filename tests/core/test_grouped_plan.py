@@ -119,6 +119,11 @@ def test_static_trainer_resets_a_nonfinite_slot_without_touching_the_others():
         for tr in (cpu, static):
             tr.schedule(x, y, torch.tensor(slots), torch.ones(6, dtype=torch.bool),
                         groups=plan_groups(slots, None, "cpu").train)
+    # The static path collects the slot and resets it with the others every NONFINITE_RESET_EVERY
+    # steps (no host read); meanwhile it is not finite, and the other slots are already trained.
+    assert not torch.isfinite(static.bank.flat[0]).all() and float(static.nonfinite[0]) == 1.0
+    assert torch.allclose(cpu.bank.flat[1:], static.bank.flat[1:], atol=1e-6)
+    static.flush_nonfinite()
     for tr in (cpu, static):
         assert torch.equal(tr.bank.flat[0], tr.bank.template_flat)
         assert float(tr.step_count[0]) == 0.0 and float(tr.exp_avg_flat[0].abs().sum()) == 0.0
@@ -227,3 +232,40 @@ def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_
     assert ok.tolist() == [True, True, False] and torch.equal(finite, ok)
     assert torch.allclose(loss[ok], want_loss[ok].detach(), rtol=1e-6)
     assert torch.allclose(grad[ok], leaf.grad[ok], atol=1e-6, rtol=1e-5)
+
+
+def test_the_static_trainer_flushes_collected_nonfinite_slots_on_its_cadence(monkeypatch):
+    import esamp_sgl.core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "NONFINITE_RESET_EVERY", 2)
+    _, static = _trainers()
+    slots = [0, 1]
+    x, y = torch.ones(2, H), torch.zeros(2, H)
+    x[1, 0] = float("inf")  # slot 1's row
+    for step in range(2):
+        static.schedule(x, y, torch.tensor(slots), torch.ones(2, dtype=torch.bool),
+                        groups=plan_groups(slots, None, "cpu").train)
+        if step == 0:
+            assert float(static.nonfinite[1]) == 1.0
+    assert torch.equal(static.bank.flat[1], static.bank.template_flat) and float(static.nonfinite.sum()) == 0
+    assert not torch.equal(static.bank.flat[0], static.bank.template_flat)  # slot 0 trained, not reset
+
+
+@pytest.mark.parametrize("distiller", ["lowrank", "swiglu"])
+def test_predicting_from_the_whole_bank_equals_the_gathered_groups(distiller):
+    """Both layouts of the host plan give the same prediction; rows without a slot get 0."""
+    from esamp_sgl.core.distiller import distill_bank_blocks, distill_groups
+
+    bank = DistillerBank(5, H, 4, "cpu", 0, distiller=distiller)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.1)
+    for slots in ([3, -1, 0, 3, 3, 4, -1], [1], [0, 1, 2, 3, 4, 0, 0]):
+        x = torch.randn(len(slots), H, generator=gen)
+        groups = plan_groups(slots, None, "cpu")
+        whole = distill_bank_blocks(x, bank.params, groups, bank.sink, bank.arch.forward)
+        gathered = distill_groups(x, bank.gather(groups.entry_index), groups, bank.arch.forward)
+        assert torch.allclose(whole, gathered, atol=1e-6)
+        assert torch.equal(whole[torch.tensor(slots) < 0], torch.zeros(sum(s < 0 for s in slots), H))
+    assert bank.reads_whole_bank(plan_groups([0, 1], None, "cpu"))  # 2 groups of a 6-entry bank
+    assert not bank.reads_whole_bank(plan_groups([0], None, "cpu"))

@@ -22,7 +22,7 @@ PAPER = {
     "target_site": "final_norm",  # the state the LM head reads
     "distiller": "swiglu", "distiller_blocks": 2, "rank": 384,  # two gated SwiGLU blocks, intermediate 384
     "optimizer": "adam", "lr": 4e-4, "adam_eps": 1e-4, "grad_clip": 0.5, "weight_decay": 0.0,
-    "train_steps_per_decode": 1, "training": True,  # one step per decode token, every sequence
+    "train_steps_per_decode": 1, "train_every": 1, "training": True,  # a step per decode token, every sequence
     "prefill_warm_start": False, "svd_warm_start": False,  # decode tokens only, random init
     "rule": "contrastive", "beta": 0.25,  # (1+β)ℓ − βd, β = 0.25 for every task
     "fit_gate": False, "tilt_bound": 0.0,  # neither is in the paper
@@ -206,3 +206,21 @@ def test_premixed_rows_keep_the_engines_draw_and_still_count_and_train():
     assert tel["predictions"] == 4 and tel["tokens_reweighted"] == 4 and tel["steps_trained"] == 2
     assert not torch.equal(ex.bank.flat[0], before)
     assert not torch.equal(ex.generator.get_state(), state)  # only the filtered row drew
+
+
+def test_an_unfiltered_batch_on_the_cuda_path_runs_no_candidate_set_and_no_second_projection():
+    """The engine's flags say no row has a filter: after the mix before the head, the static (CUDA)
+    path neither builds candidates nor projects anything over the vocabulary."""
+    from esamp_sgl.bench.opcount import OpCounter
+
+    ex = _paper_explorer()
+    ex.trim_candidates, ex.trainer.static_shapes = False, True  # the CUDA code path, on the CPU
+    batch = _unfiltered_batch(ex, torch.Generator().manual_seed(9))
+    batch = StepBatch(**{**batch.__dict__, "unfiltered": True})
+    head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))
+    mixed = StepBatch(**{**batch.__dict__, "h_hat": head.h_hat, "premixed": head.mixed})
+    engine_tokens = torch.tensor([1, 2, 3, 4])
+    with OpCounter() as counter:
+        tokens = explore_step(ex, mixed, lambda: engine_tokens)
+    assert torch.equal(tokens, engine_tokens)
+    assert not {"topk", "sort", "mm"} & set(counter.by_op), counter.by_op

@@ -35,7 +35,8 @@ def _decode(runtime, monkeypatch, min_p: list[float], width: int = H):
     runtime.join("a", request)
     runtime.join("b", request)
     info = SimpleNamespace(temperatures=torch.ones(R, 1), top_ks=torch.full((R,), 1 << 30),
-                           top_ps=torch.ones(R), min_ps=torch.tensor(min_p))
+                           top_ps=torch.ones(R), min_ps=torch.tensor(min_p), need_top_k_sampling=False,
+                           need_top_p_sampling=False, need_min_p_sampling=any(m > 0 for m in min_p))
     setattr(info, ROWS_ATTR, BatchRows(("a", "b", "c"), (request, request, None)))
     batch = SimpleNamespace(forward_mode=ForwardMode.DECODE, sampling_info=info)
     gen = torch.Generator().manual_seed(0)
