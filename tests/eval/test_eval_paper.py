@@ -60,6 +60,13 @@ def test_paper_preset_and_its_diversity_sweeps():
     assert families["min-p (stock, T 1, min-p sweep)"][0] == "stock-T1"  # min-p 0 anchors the sweep
     assert families["presence (T 1, no filter, β sweep)"] == ["stock-T1"] + [f"presence-b{b:g}-T1" for b in (0.25, 0.5, 1, 2)]
 
+    # issue 22's arms at the larger model: the paper's baselines, its method and its control, whose
+    # registered contrasts (paper − vanilla, − noise, − min-p 0.1) all run
+    core = parse_arms("paper-core")
+    assert [a.name for a in core] == names[:4]
+    runnable = {c.label for c, _, _ in paper._runnable(core, {"results": {}, "notes": []})}
+    assert runnable == {"paper − vanilla", "paper − noise control", "paper − min-p 0.1"}
+
 
 # -- one server per profile ---------------------------------------------------------------------------
 def test_one_server_per_profile_stock_and_presence_on_the_first():
