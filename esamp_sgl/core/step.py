@@ -94,6 +94,14 @@ class Reweighted:
     d: Tensor  # [R, K] raw distiller logits on the candidates
 
 
+def planned(ex: Explorer, batch: StepBatch) -> StepBatch:
+    """The batch with its rows grouped per slot: the engine's host plan, or one made here from a host
+    read of the slots where host reads are free (CPU); on CUDA without a plan, each row gathers."""
+    if batch.groups is None and not ex.trainer.static_shapes:
+        return replace(batch, groups=plan_from_device(batch.slots, batch.train))
+    return batch
+
+
 def predict(ex: Explorer, batch: StepBatch) -> Tensor:
     """ĥ [R, H] fp32: the deep state from the shallow one, with parameters trained through step t−1."""
     ex.trainer.wait()
@@ -215,8 +223,7 @@ def mix_before_head(ex: Explorer, batch: StepBatch) -> HeadInput | None:
     latent = latent_rows(ex, batch)
     if latent is None:
         return None
-    if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
-        batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
+    batch = planned(ex, batch)
     h_hat = predict(ex, batch)
     betas = gated_betas(ex, batch)
     mixed = latent & applies(ex, batch, betas, h_hat)
@@ -302,8 +309,7 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
                 tokens[rows] = explored.to(tokens.dtype)
             return tokens
     has_slot = batch.slots >= 0
-    if batch.groups is None and not ex.trainer.static_shapes:  # host reads are free: plan here
-        batch = replace(batch, groups=plan_from_device(batch.slots, batch.train))
+    batch = planned(ex, batch)
 
     # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
     # 2. Predict the deep state from the shallow one (parameters trained through step t−1), unless
