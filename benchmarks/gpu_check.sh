@@ -96,7 +96,7 @@ stage cuda_tests 140 "$PY" -m pytest -q -rA -p no:cacheprovider -m cuda tests/co
   --junitxml="$OUT/cuda_tests.xml"
 # Counts first (deterministic, the 7B shape R 256 / H 3584 / V 152064 among them), then timing; each
 # JSON is rewritten after every case, so a stage cut off by its limit still leaves what it measured.
-stage bench_counts 40 "$PY" -m esamp_sgl.cli bench core --device cuda --no-timing \
+stage bench_counts 40 "$PY" -m esamp_sgl.cli bench core --device cuda --no-timing --train-every 1 4 \
   --output "$OUT/bench-core-counts.json"
 stage bench_timing 80 "$PY" -m esamp_sgl.cli bench core --device cuda --no-counts \
   --rows 64 256 --hidden 896 3584 --vocab 152064 --repeats 5 --output "$OUT/bench-core-timing.json"

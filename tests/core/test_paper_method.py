@@ -217,10 +217,12 @@ def test_an_unfiltered_batch_on_the_cuda_path_runs_no_candidate_set_and_no_secon
     ex.trim_candidates, ex.trainer.static_shapes = False, True  # the CUDA code path, on the CPU
     batch = _unfiltered_batch(ex, torch.Generator().manual_seed(9))
     batch = StepBatch(**{**batch.__dict__, "unfiltered": True})
-    head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))
+    with OpCounter() as in_forward:
+        head = mix_before_head(ex, StepBatch(**{**batch.__dict__, "logits": None}))
     mixed = StepBatch(**{**batch.__dict__, "h_hat": head.h_hat, "premixed": head.mixed})
     engine_tokens = torch.tensor([1, 2, 3, 4])
     with OpCounter() as counter:
         tokens = explore_step(ex, mixed, lambda: engine_tokens)
     assert torch.equal(tokens, engine_tokens)
     assert not {"topk", "sort", "mm"} & set(counter.by_op), counter.by_op
+    assert in_forward.host_reads == 0 and counter.host_reads == 0  # no sync inside the forward or after
