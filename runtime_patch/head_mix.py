@@ -18,7 +18,9 @@ SGLang reports for them are those of the mixed distribution, the one the token w
 
 Where the hooks cannot run — a CUDA-graph replay (no Python), a graph being captured (it would bake
 this step's mix in), the first token (an extend forward), a target other than the final norm — the
-sampler mixes after the head instead (`mix_latent`: one more projection, same distribution).
+sampler mixes after the head instead (`mix_latent`: one more projection, same distribution). On CUDA
+SGLang replays decode steps from graphs by default, so there this is the common path until the mix is
+made graph-safe (docs/performance.md § 9).
 """
 
 from __future__ import annotations
