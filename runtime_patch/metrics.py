@@ -61,6 +61,10 @@ class ESampMetrics:
         self.gate_mean = gauge("gate_mean", f"Mean fit gate value at the end of the last {RECENT_GROUPS} "
                                             "finished groups.")
         self.bank_full_refusals = counter("bank_full_refusals", "Groups refused a bank slot (sampled stock).")
+        self.warm_start_failures = counter("warm_start_failures",
+                                           "Prefill warm starts that raised (the group decodes from init).")
+        self.head_mix_failures = counter("head_mix_failures", "Decode forwards whose mix before the LM head "
+                                                              "failed (the sampler mixed after it).")
         self.groups_finished = counter("groups_finished", "Groups with a bank slot whose last member left.")
         self.steps_trained = counter("steps_trained", "Distiller optimizer steps of finished groups.")
         self.tokens_reweighted = counter("tokens_reweighted",
@@ -69,7 +73,7 @@ class ESampMetrics:
                                              "Rows sampled stock for a non-finite prediction (finished groups).")
         self.fit_r2_mean.set(math.nan)  # NaN until a finished group has measured its fit
         self.gate_mean.set(math.nan)
-        self._refusals_seen = 0
+        self._seen: dict[str, int] = {}  # the runtime's running counts already added to the counters
         self._recent_r2: deque[float] = deque(maxlen=RECENT_GROUPS)
         self._recent_gate: deque[float] = deque(maxlen=RECENT_GROUPS)
 
@@ -80,10 +84,12 @@ class ESampMetrics:
         self.slots_in_use.set(groups.slots_in_use)
         self.slots_capacity.set(runtime.config.max_groups)
         self.requests_active.set(len(runtime.members))
-        refusals = runtime.explorer.bank_full_count
-        if refusals > self._refusals_seen:
-            self.bank_full_refusals.inc(refusals - self._refusals_seen)
-            self._refusals_seen = refusals
+        for name, count in (("bank_full_refusals", runtime.explorer.bank_full_count),
+                            ("warm_start_failures", runtime.warm_start_failures),
+                            ("head_mix_failures", runtime.head_mix_failures)):
+            if count > self._seen.get(name, 0):  # the counters take the runtime's new counts only
+                getattr(self, name).inc(count - self._seen.get(name, 0))
+                self._seen[name] = count
 
     def group_finished(self, telemetry: dict) -> None:
         """The final telemetry of a group whose last member just left."""

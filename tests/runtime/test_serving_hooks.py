@@ -70,11 +70,15 @@ def test_metrics_follow_the_runtime_on_the_host(monkeypatch):
     table = type("Groups", (), {"slots_in_use": 2, "stock_groups": 1, "__len__": lambda self: 2})()
     explorer = SimpleNamespace(groups=table, bank_full_count=1)
     runtime = SimpleNamespace(explorer=explorer, members={"a": 0, "b": 0, "c": 0},
-                              config=SimpleNamespace(max_groups=4))
+                              config=SimpleNamespace(max_groups=4), warm_start_failures=2, head_mix_failures=0)
     metrics.update(runtime)
-    metrics.update(runtime)  # idempotent: the refusal counter takes deltas
+    metrics.update(runtime)  # idempotent: the counters take deltas
     assert (metrics.groups_active.value, metrics.slots_in_use.value, metrics.slots_capacity.value,
             metrics.requests_active.value, metrics.bank_full_refusals.value) == (3, 2, 4, 3, 1)
+    assert (metrics.warm_start_failures.value, metrics.head_mix_failures.value) == (2, 0)
+    runtime.head_mix_failures = 3
+    metrics.update(runtime)
+    assert (metrics.warm_start_failures.value, metrics.head_mix_failures.value) == (2, 3)
     metrics.group_finished({"steps_trained": 5, "tokens_reweighted": 7, "nonfinite_predictions": 0,
                             "gate": 0.5, "gate_r2": 0.2})
     metrics.group_finished({"steps_trained": 1, "tokens_reweighted": 0, "gate": 1.0, "gate_r2": None})
