@@ -76,24 +76,30 @@ def check_tensor(name: str, tensor: torch.Tensor | None, shape: tuple[int | None
 
 def check_step(explorer, slots: Sequence[int], betas: Sequence[float], rules: str | Sequence[str],
                plan_tensors: dict[str, torch.Tensor], source: torch.Tensor, target: torch.Tensor,
-               scores: torch.Tensor | None, filters: dict[str, torch.Tensor]) -> str | None:
-    """The first failed check of one step (see the module docstring), None when all pass.
-    `slots`/`betas`: the plan's host values; `plan_tensors`: its device copies; `scores`: the logits
-    or probabilities the step samples from (None before the LM head: head_mix.py); `filters`: SGLang's
-    per-row tensors."""
+               filters: dict[str, torch.Tensor]) -> str | None:
+    """The first failed check of one step's plan, taps and filters (see the module docstring), None
+    when all pass. `slots`/`betas`: the plan's host values; `plan_tensors`: its device copies;
+    `filters`: SGLang's per-row tensors. The scores are checked apart (check_scores): a step mixed
+    before the LM head is checked there, before any score exists (head_mix.py)."""
     rows, device = len(slots), explorer.device
-    vocab, hidden = explorer.lm_head_weight.shape[0], explorer.bank.hidden
+    hidden = explorer.bank.hidden
     reason = (check_slots(slots, explorer.bank.slots) or check_rules(rules, rows)
               or check_betas(betas, rows)
               or check_tensor("source", source, (rows, hidden), device)
-              or check_tensor("target", target, (rows, hidden), device)
-              or (None if scores is None else check_tensor("scores", scores, (rows, None), device)))
+              or check_tensor("target", target, (rows, hidden), device))
     if reason is not None:
         return reason
-    if scores is not None and scores.shape[1] > vocab:  # a token id past the LM head's rows: out of range
-        return f"scores have {scores.shape[1]} tokens, the LM head {vocab} rows"
     for name, tensor in {**plan_tensors, **filters}.items():
         reason = check_tensor(name, tensor, (rows,), device, floating=False)
         if reason is not None:
             return reason
     return None
+
+
+def check_scores(explorer, scores: torch.Tensor | None, rows: int) -> str | None:
+    """The logits or probabilities the step samples from: [rows, V], V at most the LM head's rows."""
+    reason = check_tensor("scores", scores, (rows, None), explorer.device)
+    vocab = explorer.lm_head_weight.shape[0]
+    if reason is None and scores.shape[1] > vocab:  # a token id past the LM head's rows: out of range
+        reason = f"scores have {scores.shape[1]} tokens, the LM head {vocab} rows"
+    return reason

@@ -43,7 +43,7 @@ from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec, get_platform
 
 from esamp_sgl.core.step import HeadInput, StepBatch, explore_step
-from runtime_patch.launch_checks import check_step
+from runtime_patch.launch_checks import check_scores, check_step
 from runtime_patch.rows import rows_of
 from runtime_patch.runtime import ESampRuntime, RowPlan
 
@@ -201,13 +201,20 @@ class ESampSampler(Sampler):
 
 
 def launch_check(runtime: ESampRuntime, step: StepContext, sampling_info, scores) -> str | None:
-    """The host-side checks of launch_checks.py on this step; None when it may launch."""
+    """The host-side checks of launch_checks.py on this step; None when it may launch. `scores` None:
+    before the LM head (head_mix.py). A step mixed there had its plan, taps and filters checked then;
+    only its scores are new here."""
     plan = step.plan
-    filters = {"temperatures": sampling_info.temperatures.reshape(-1), "top_ks": sampling_info.top_ks,
-               "top_ps": sampling_info.top_ps, "min_ps": sampling_info.min_ps}
-    return check_step(runtime.explorer, plan.host_slots, plan.host_betas, plan.rules,
-                      {"slots": plan.slots, "betas": plan.betas, "train": plan.train}, step.source,
-                      step.target, scores, filters)
+    reason = None
+    if step.head is None or scores is None:
+        filters = {"temperatures": sampling_info.temperatures.reshape(-1), "top_ks": sampling_info.top_ks,
+                   "top_ps": sampling_info.top_ps, "min_ps": sampling_info.min_ps}
+        reason = check_step(runtime.explorer, plan.host_slots, plan.host_betas, plan.rules,
+                            {"slots": plan.slots, "betas": plan.betas, "train": plan.train}, step.source,
+                            step.target, filters)
+    if reason is None and scores is not None:
+        reason = check_scores(runtime.explorer, scores, len(plan.host_slots))
+    return reason
 
 
 def _mark_greedy_mask(logits_output, sampling_info, stock_ids: torch.Tensor, ids: torch.Tensor) -> None:
