@@ -16,7 +16,7 @@ import torch
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import RowGroups, plan_arrays, to_device
+from esamp_sgl.core.layout import SlotLayout, layout_arrays, to_device
 from esamp_sgl.core.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
@@ -50,7 +50,7 @@ class RowPlan:
     train: torch.Tensor  # [R] bool: the row's group trains its Distiller
     rules: str | list[str]  # one name when every row has the same rule
     any_active: bool
-    groups: RowGroups | None = None  # the rows with a slot grouped per slot (esamp_sgl/core/plan.py)
+    layout: SlotLayout | None = None  # the rows with a slot grouped per slot (esamp_sgl/core/layout.py)
     # The host values behind `slots` and `betas` (the sampler checks them before launch: launch_checks.py).
     host_slots: tuple[int, ...] = ()
     host_betas: tuple[float, ...] = ()
@@ -204,11 +204,11 @@ class ESampRuntime:
             train.append(trains)
             rules.append(rule)
         any_active = any(s >= 0 for s in slots)
-        # The rows grouped per slot (esamp_sgl/core/plan.py), decided here where each row's slot is known,
+        # The rows grouped per slot (esamp_sgl/core/layout.py), decided here where each row's slot is known,
         # and every per-row array in ONE host->device copy from pinned memory (non-blocking on CUDA).
         slots_np = np.asarray(slots, dtype=np.int64)
         train_np = np.asarray(train, dtype=bool)
-        group_arrays, build = plan_arrays(slots_np, train_np) if any_active else ([], None)
+        group_arrays, build = layout_arrays(slots_np, train_np) if any_active else ([], None)
         views = to_device([slots_np, np.asarray(betas, dtype=np.float32), train_np, *group_arrays],
                           device)
         return RowPlan(
@@ -217,7 +217,7 @@ class ESampRuntime:
             train=views[2],
             rules=rules[0] if rules and rules.count(rules[0]) == len(rules) else rules,  # one rule: a str
             any_active=any_active,
-            groups=build(views[3:]) if build is not None else None,
+            layout=build(views[3:]) if build is not None else None,
             host_slots=tuple(slots),
             host_betas=tuple(betas),
         )

@@ -98,7 +98,7 @@ def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
         rules=step.plan.rules,
         probs=probs,
         train=step.plan.train,
-        groups=step.plan.groups,
+        layout=step.plan.layout,
         h_hat=None if step.head is None else step.head.h_hat,
         premixed=None if step.head is None else step.head.mixed,
         unfiltered=not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling

@@ -38,7 +38,7 @@ from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.profiles import DEFAULT_PROFILE, profile_names
 from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
 from esamp_sgl.bench.opcount import bench_config, server_step, step_counts, unfiltered
-from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.layout import slot_layout
 from esamp_sgl.core.step import StepBatch, candidates, row_filters
 
 GROUP_SIZE = 8
@@ -81,7 +81,7 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
         betas=torch.full((rows,), 0.5, device=DEVICE), rules=rule, source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
         target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
         probs=torch.softmax(scaled, dim=-1), unfiltered=plain,  # the engine's batch flags
-        groups=plan_groups(slots.tolist(), None, DEVICE))  # the engine's host plan
+        layout=slot_layout(slots.tolist(), None, DEVICE))  # the engine's host plan
 
 
 def _explorer(rows: int, hidden: int, vocab: int, profile: str = "bounded") -> tuple[Explorer, torch.Tensor]:
@@ -129,7 +129,7 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int, profile: str = 
                                                              ex.generator, ex.backend)))
         parts["train"].append(_ms(lambda: (ex.trainer.schedule(batch.source, batch.target,
                                                                batch.slots, batch.slots >= 0,
-                                                               groups=batch.groups.train),
+                                                               layout=batch.layout.train),
                                            ex.trainer.wait())))
     ex.close()
     s, e = _median(stock_ms), _median(step_ms)

@@ -35,9 +35,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from esamp_sgl.core.config import ESampConfig
 
 try:  # the host-side plan; absent in the code before it (the "before" count)
-    from esamp_sgl.core.plan import plan_groups
+    from esamp_sgl.core.layout import slot_layout
 except ImportError:  # pragma: no cover - only for counting an older checkout
-    plan_groups = None
+    slot_layout = None
 
 SYNCING = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
            "masked_select", "bincount", "equal", "is_nonzero"}
@@ -185,8 +185,8 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     temp = 1.0 if plain else 0.8
     scaled = (logits / temp).to(device)
     kw = {}
-    if plan_groups is not None and path == "static":
-        kw["groups"] = plan_groups(slot_list, None, device)  # what the engine's plan() hands over
+    if slot_layout is not None and path == "static":
+        kw["layout"] = slot_layout(slot_list, None, device)  # what the engine's plan() hands over
     batch = StepBatch(
         logits=scaled, temperatures=torch.full((rows,), temp, device=device),
         top_k=torch.full((rows,), 1 << 30, device=device),
@@ -231,9 +231,9 @@ def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: 
     step = _per_step(count(lambda: ([server_step(ex, batch, lambda: stock_tokens) for _ in range(train_every)],
                                     ex.trainer.wait())), train_every)
     train_kw = {}
-    groups = getattr(batch, "groups", None)
-    if groups is not None:
-        train_kw["groups"] = groups.train
+    layout = getattr(batch, "layout", None)
+    if layout is not None:
+        train_kw["layout"] = layout.train
     has_slot = batch.slots >= 0
     ex.trainer.train_every = 1  # the training step alone, on one step's rows
     train = count(lambda: (ex.trainer.schedule(batch.source, batch.target, batch.slots, has_slot,
@@ -267,8 +267,8 @@ def _phase_counts(ex, batch) -> dict:
     out: dict = {}
     res: dict = {}
     f = st.row_filters(batch, ex.config.greedy_min_p)
-    groups = getattr(batch, "groups", None)
-    kw = {"groups": groups} if groups is not None else {}
+    layout = getattr(batch, "layout", None)
+    kw = {"layout": layout} if layout is not None else {}
     out["predict"] = count(lambda: res.update(h=ex.bank(batch.source, batch.slots, **kw)))
     out["candidates"] = count(lambda: res.update(c=st.candidates(ex, batch, f)))
     out["reweight_total"] = count(lambda: res.update(rw=st.reweight(ex, batch)))  # predict..rule

@@ -24,7 +24,7 @@ from torch import Tensor
 from esamp_sgl.core import lowrank
 from esamp_sgl.core.architectures import architecture, param_layout, split_flat
 from esamp_sgl.core.config import check_rank
-from esamp_sgl.core.plan import RowGroups, plan_from_device
+from esamp_sgl.core.layout import SlotLayout, layout_from_device
 
 PARAM_NAMES = tuple(lowrank.shapes(1, 1))  # the low-rank architecture's parameters, in storage order
 
@@ -46,30 +46,30 @@ class DistillerInit:
                 "ln_w": self.ln_w, "ln_b": self.ln_b}
 
 
-def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], groups: RowGroups, sink: int,
+def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], layout: SlotLayout, sink: int,
                         forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
     """The Distiller for the rows of a host plan over the whole bank: `p` = the bank's parameters
     ([slots + 1, ...] views, no copy); each row goes to block `slot·n + j` of a [slots + 1, n, H] input
     (rows outside the plan to the sink's block, whose output nothing reads). Same result as
     distill_groups; [R, H] fp32, rows outside the plan 0."""
-    n, hidden = groups.width, x.shape[-1]
+    n, hidden = layout.width, x.shape[-1]
     blocks = next(iter(p.values())).shape[0]
-    slot = groups.entry_index.index_select(0, torch.div(groups.position, n, rounding_mode="floor"))
-    where = torch.where(groups.member, slot * n + groups.position % n, sink * n)
+    slot = layout.entry_index.index_select(0, torch.div(layout.position, n, rounding_mode="floor"))
+    where = torch.where(layout.member, slot * n + layout.position % n, sink * n)
     xb = torch.zeros(blocks * n, hidden, device=x.device).index_copy_(0, where, x.to(torch.float32))
     y = forward(xb.view(blocks, n, hidden), p).view(blocks * n, hidden).index_select(0, where)
-    return torch.where(groups.member.unsqueeze(-1), y, 0.0)
+    return torch.where(layout.member.unsqueeze(-1), y, 0.0)
 
 
-def distill_groups(x: Tensor, p: dict[str, Tensor], groups: RowGroups,
+def distill_groups(x: Tensor, p: dict[str, Tensor], layout: SlotLayout,
                    forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
     """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
-    `groups.entries` ([U, ...]), `forward` the architecture's. Rows outside the plan get 0 (they are
+    `layout.entries` ([U, ...]), `forward` the architecture's. Rows outside the plan get 0 (they are
     not predicted). [R, H] fp32."""
-    u, n, hidden = groups.size, groups.width, x.shape[-1]
-    xg = x.index_select(0, groups.gather).to(torch.float32).view(u, n, hidden)
-    y = forward(xg, p).view(u * n, hidden).index_select(0, groups.position)
-    return torch.where(groups.member.unsqueeze(-1), y, 0.0)
+    u, n, hidden = layout.size, layout.width, x.shape[-1]
+    xg = x.index_select(0, layout.gather).to(torch.float32).view(u, n, hidden)
+    y = forward(xg, p).view(u * n, hidden).index_select(0, layout.position)
+    return torch.where(layout.member.unsqueeze(-1), y, 0.0)
 
 
 class DistillerBank:
@@ -123,33 +123,33 @@ class DistillerBank:
         return split_flat(self.flat.index_select(0, slot_index), self.layout)
 
     @torch.no_grad()
-    def forward(self, x: Tensor, slot: Tensor, groups: RowGroups | None = None) -> Tensor:
+    def forward(self, x: Tensor, slot: Tensor, layout: SlotLayout | None = None) -> Tensor:
         """Predict: x [R, H] (any float dtype), slot [R] int64 (-1 = none). Returns [R, H] fp32.
 
-        With `groups` (the host plan of the rows with a slot; see plan.py) parameters are read once
+        With `layout` (the host plan of the rows with a slot; see layout.py) parameters are read once
         per group and rows without a slot get 0 (nothing reads their prediction). Without it, rows
         without a slot use the sink entry, and the rows are grouped from a host read of `slot`
         (`grouped`, CPU) or each row gathers its parameters (CUDA, no sync)."""
         with torch.inference_mode(False):
             x = x.to(device=self.device)
             forward = self.arch.forward
-            if groups is not None:
-                if self.reads_whole_bank(groups):
-                    return distill_bank_blocks(x, self.params, groups, self.sink, forward)
-                return distill_groups(x, self.gather(groups.entry_index), groups, forward)
+            if layout is not None:
+                if self.reads_whole_bank(layout):
+                    return distill_bank_blocks(x, self.params, layout, self.sink, forward)
+                return distill_groups(x, self.gather(layout.entry_index), layout, forward)
             idx = self.slot_index(slot)
             if not self.grouped:  # one parameter set per row: a block of one row per entry
                 p = split_flat(self.flat.index_select(0, idx), self.layout)
                 return forward(x.to(torch.float32).unsqueeze(1), p).squeeze(1)
-            plan = plan_from_device(idx)
+            plan = layout_from_device(idx)
             return distill_groups(x, self.gather(plan.entry_index), plan, forward)
 
     __call__ = forward
 
-    def reads_whole_bank(self, groups: RowGroups) -> bool:
+    def reads_whole_bank(self, layout: SlotLayout) -> bool:
         """Predict from the bank in place when the groups in use are at least a third of it: a gather
         moves ~3 parameter sets per group (read, write, read again), the whole bank one per slot."""
-        return 3 * groups.size >= self.slots + 1
+        return 3 * layout.size >= self.slots + 1
 
     @torch.no_grad()
     def reset_slots(self, slot_ids: Tensor) -> None:

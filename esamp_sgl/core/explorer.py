@@ -227,7 +227,7 @@ class Explorer:
                                       self.config.warm_start_lr)
             assert plan is not None  # P > 0 was checked above
             self.trainer.wait()
-            h_hat = self.bank(source, plan.slots, groups=plan.groups)
+            h_hat = self.bank(source, plan.slots, layout=plan.layout)
             r2 = self.gate.seed(plan.slots[0], h_hat, target)
             self.stats.record_warm_fit(plan.slots[:1], r2, source.shape[0])
         except Exception:

@@ -12,7 +12,7 @@ from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top
 from esamp_sgl.core.config import DEFAULT_RULE
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import RowGroups, plan_from_device
+from esamp_sgl.core.layout import SlotLayout, layout_from_device
 from esamp_sgl.core.latent import error_noise, latent_scores
 from esamp_sgl.core.reweight import host_mask, reweighted_logits, sample_candidates
 from esamp_sgl.core.rules import GATED_SIGNALS, LATENT_VECTOR, RULE_SIGNAL, signals_needed
@@ -38,9 +38,9 @@ class StepBatch:
     rules: str | Sequence[str] = DEFAULT_RULE  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
     train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
-    # The rows with a slot grouped per slot, planned on the host by the engine (plan.py; `.train`:
+    # The rows with a slot grouped per slot, planned on the host by the engine (layout.py; `.train`:
     # the rows that train). None: built from a host read of `slots` (free on CPU, a sync on CUDA).
-    groups: RowGroups | None = None
+    layout: SlotLayout | None = None
     # Set when the engine mixed in latent space before its LM head (mix_before_head): the prediction
     # it made there [R, H] fp32, and the rows [R] bool whose logits — and the engine's draw — already
     # carry the mix (the stock token of such a row is ESamp's).
@@ -56,7 +56,7 @@ class StepBatch:
         per_row = {f.name: getattr(self, f.name) for f in fields(self)
                    if isinstance(getattr(self, f.name), Tensor)}
         rules = self.rules if isinstance(self.rules, str) else [self.rules[i] for i in rows.tolist()]
-        return replace(self, rules=rules, groups=None,
+        return replace(self, rules=rules, layout=None,
                        **{k: t.index_select(0, rows) for k, t in per_row.items()})
 
 
@@ -97,15 +97,15 @@ class Reweighted:
 def planned(ex: Explorer, batch: StepBatch) -> StepBatch:
     """The batch with its rows grouped per slot: the engine's host plan, or one made here from a host
     read of the slots where host reads are free (CPU); on CUDA without a plan, each row gathers."""
-    if batch.groups is None and not ex.trainer.static_shapes:
-        return replace(batch, groups=plan_from_device(batch.slots, batch.train))
+    if batch.layout is None and not ex.trainer.static_shapes:
+        return replace(batch, layout=layout_from_device(batch.slots, batch.train))
     return batch
 
 
 def predict(ex: Explorer, batch: StepBatch) -> Tensor:
     """ĥ [R, H] fp32: the deep state from the shallow one, with parameters trained through step t−1."""
     ex.trainer.wait()
-    return ex.bank(batch.source, batch.slots, groups=batch.groups)
+    return ex.bank(batch.source, batch.slots, layout=batch.layout)
 
 
 def reads_distiller(rule: str) -> bool:
@@ -336,9 +336,9 @@ def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tens
     else:  # latent mixing: no candidate set, nothing truncated
         corr = truncated = corr_ok = torch.zeros_like(has_slot)
     ex.stats.record_candidates(batch.slots, has_slot, applied, truncated, corr, corr_ok)
-    if ex.config.training and (batch.groups is None or batch.groups.train is not None):
+    if ex.config.training and (batch.layout is None or batch.layout.train is not None):
         trains = has_slot if batch.train is None else has_slot & batch.train
         ex.trainer.schedule(batch.source, batch.target, batch.slots, trains,
-                            groups=None if batch.groups is None else batch.groups.train)
+                            layout=None if batch.layout is None else batch.layout.train)
     ex.mark_step()  # CUDA: where this step's work ends (non-stalling telemetry reads)
     return tokens

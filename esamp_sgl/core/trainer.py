@@ -14,7 +14,7 @@ Staleness: `schedule()` launches step t's training after step t's token was samp
 next prediction calls `wait()` first, so the prediction at step t uses parameters trained through
 step t−1 exactly (k optimiser steps per decode step, all of them on step t−1's rows and earlier).
 
-Grouping: the rows to train come as a host-side plan (`plan.RowGroups`: the engine knows each
+Grouping: the rows to train come as a host-side plan (`layout.SlotLayout`: the engine knows each
 row's slot on the host), so the rows of each slot are packed into a padded [U, n, H] block and
 every per-slot tensor is read once per *group*: one gather of the U parameter rows for the forward
 and backward (one flat fp32 row per slot, distiller.py), and one fused Adam step (torch's
@@ -50,7 +50,7 @@ from torch import Tensor
 from esamp_sgl.core.config import check_field
 from esamp_sgl.core.architectures import split_flat
 from esamp_sgl.core.distiller import DistillerBank
-from esamp_sgl.core.plan import RowGroups, plan_host, plan_rows, to_device
+from esamp_sgl.core.layout import SlotLayout, layout_from_row_slots, layout_of_rows, to_device
 from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
 
@@ -114,58 +114,58 @@ class TestTimeTrainer:
     # -- scheduling -----------------------------------------------------------------------------
     def schedule(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor,
                  steps: int | None = None, lr: float | None = None, warm: bool = False,
-                 groups: RowGroups | None = None) -> None:
+                 layout: SlotLayout | None = None) -> None:
         """Train on this step's rows: source/target [R, H] (any dtype), slots [R] int64
-        (-1 = none), valid [R] bool. `groups`: the host plan of the rows to train (the rows with
-        valid & slot >= 0; `RowGroups.train` of the step's plan); None = build it from a host
+        (-1 = none), valid [R] bool. `layout`: the host plan of the rows to train (the rows with
+        valid & slot >= 0; `SlotLayout.train` of the step's plan); None = build it from a host
         read of slots/valid. `steps` defaults to train_steps_per_decode; `warm=True` records the
         run as a warm start instead of decode training."""
         steps = self.steps_per_decode if steps is None else steps
         lr = self.lr if lr is None else lr
         dev = self.bank.device
-        if groups is None:
-            groups = plan_rows(slots, valid)
-            if groups is None:
+        if layout is None:
+            layout = layout_of_rows(slots, valid)
+            if layout is None:
                 return
         if self.train_every > 1 and not warm:
-            batch = self._gather_cadence(source, target, groups)
+            batch = self._gather_cadence(source, target, layout)
             if batch is None:
                 return
-            source, target, groups = batch
+            source, target, layout = batch
         # The group blocks [U·n, H] (a copy: the engine may reuse its buffers in the async modes;
         # made outside inference mode, so that autograd may save them).
         with torch.inference_mode(False):
-            x = source.detach().to(dev).index_select(0, groups.gather)
-            y = target.detach().to(dev).index_select(0, groups.gather)
+            x = source.detach().to(dev).index_select(0, layout.gather)
+            y = target.detach().to(dev).index_select(0, layout.gather)
         self.wait()  # after every earlier write, e.g. a slot reset queued on another stream
         if self.mode == "sync":
-            self._run(x, y, groups, steps, lr, warm)
+            self._run(x, y, layout, steps, lr, warm)
             if self._writes is not None:
                 self._writes.record(torch.cuda.current_stream(dev))
             return
         main = torch.cuda.current_stream(dev)
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
-            self._run(x, y, groups, steps, lr, warm)
-        for t in (x, y, *groups.buffers()):
+            self._run(x, y, layout, steps, lr, warm)
+        for t in (x, y, *layout.buffers()):
             t.record_stream(self._stream)
         self._writes.record(self._stream)
 
     def _gather_cadence(self, source: Tensor, target: Tensor,
-                        groups: RowGroups) -> tuple[Tensor, Tensor, RowGroups] | None:
+                        layout: SlotLayout) -> tuple[Tensor, Tensor, SlotLayout] | None:
         """Keep this step's trainable rows; on every k-th step return all kept rows with one plan
         over them (built from the host slots: no device read), else None."""
         dev = self.bank.device
-        rows = np.flatnonzero(groups.row_slots >= 0)
+        rows = np.flatnonzero(layout.row_slots >= 0)
         (index,) = to_device([rows.astype(np.int64)], dev)
         with torch.inference_mode(False):
             self._pending.append((source.detach().to(dev).index_select(0, index),
-                                  target.detach().to(dev).index_select(0, index), groups.row_slots[rows]))
+                                  target.detach().to(dev).index_select(0, index), layout.row_slots[rows]))
         if len(self._pending) < self.train_every:
             return None
         xs, ys, slot_lists = zip(*self._pending)
         self._pending = []
-        merged = plan_host(np.concatenate(slot_lists), dev)
+        merged = layout_from_row_slots(np.concatenate(slot_lists), dev)
         if merged is None:  # every kept row's slot was freed meanwhile
             return None
         return torch.cat(xs), torch.cat(ys), merged
@@ -208,28 +208,28 @@ class TestTimeTrainer:
         self.step_count.index_fill_(0, idx, 0.0)
 
     # -- the step -------------------------------------------------------------------------------
-    def _run(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
+    def _run(self, x: Tensor, y: Tensor, layout: SlotLayout, steps: int, lr: float,
              warm: bool) -> None:
         with torch.inference_mode(False):
-            self._train(x, y, groups, steps, lr, warm)
+            self._train(x, y, layout, steps, lr, warm)
 
-    def _train(self, x: Tensor, y: Tensor, groups: RowGroups, steps: int, lr: float,
+    def _train(self, x: Tensor, y: Tensor, layout: SlotLayout, steps: int, lr: float,
                warm: bool) -> None:
         """The recipe. x, y: [U·n, H] the rows of the plan's padded blocks (any dtype), laid out once;
         per step: loss and gradients of every entry, one fused optimiser step; then reset the entries
-        whose loss was not finite, and record the telemetry. When the plan's groups are a good part of
+        whose loss was not finite, and record the telemetry. When the layout's groups are a good part of
         the bank (DistillerBank.reads_whole_bank) the blocks are the whole bank's, read in place (no
         gather of parameters); the entries' losses and gradients are then taken from them."""
         bank = self.bank
-        u, n, hidden = groups.size, groups.width, bank.hidden
-        entries = groups.entry_index
-        coef = groups.weight / groups.count.unsqueeze(-1)  # [U, n]: 1/count at rows, 0 at padding
-        whole = bank.reads_whole_bank(groups)
+        u, n, hidden = layout.size, layout.width, bank.hidden
+        entries = layout.entry_index
+        coef = layout.weight / layout.count.unsqueeze(-1)  # [U, n]: 1/count at rows, 0 at padding
+        whole = bank.reads_whole_bank(layout)
         if whole:
-            x, y, coef = self._bank_blocks(x, y, coef, groups)
+            x, y, coef = self._bank_blocks(x, y, coef, layout)
         x = x.to(torch.float32).view(-1, n, hidden)
         y = y.to(torch.float32).view(-1, n, hidden)
-        rows = [bank.rows[e] for e in groups.entries]  # the bank's rows, updated in place
+        rows = [bank.rows[e] for e in layout.entries]  # the bank's rows, updated in place
         bad = torch.zeros(u, dtype=torch.bool, device=bank.device)
         taken = torch.zeros(u, device=bank.device)
         first_loss = counted = None
@@ -237,7 +237,7 @@ class TestTimeTrainer:
             loss, finite, grad = self._loss_and_grad(x, y, None if whole else entries, coef)
             if whole:  # the entries' rows of the bank's blocks
                 loss, finite = loss.index_select(0, entries), finite.index_select(0, entries)
-                grads = [grad[e] for e in groups.entries]
+                grads = [grad[e] for e in layout.entries]
             else:
                 grads = list(grad.unbind(0))
             if first_loss is None:
@@ -245,7 +245,7 @@ class TestTimeTrainer:
             bad |= ~finite
             taken += (~bad).float()
             with torch.no_grad():
-                self._optimizer_step(groups, rows, grads, lr)
+                self._optimizer_step(layout, rows, grads, lr)
 
         with torch.no_grad():
             if warm:  # the loss after the warm start, for telemetry
@@ -292,11 +292,11 @@ class TestTimeTrainer:
         return (err * coef).sum(-1)
 
     def _bank_blocks(self, x: Tensor, y: Tensor, coef: Tensor,
-                     groups: RowGroups) -> tuple[Tensor, Tensor, Tensor]:
+                     layout: SlotLayout) -> tuple[Tensor, Tensor, Tensor]:
         """The plan's entry-major blocks moved to the whole bank's slot-major blocks [(slots + 1)·n]
         (the other slots' blocks: zero rows of weight 0, whose gradients nothing reads)."""
-        n, blocks = groups.width, self.bank.slots + 1
-        dest = (groups.entry_index.unsqueeze(-1) * n
+        n, blocks = layout.width, self.bank.slots + 1
+        dest = (layout.entry_index.unsqueeze(-1) * n
                 + torch.arange(n, device=coef.device)).reshape(-1)  # [U·n] slot·n + j
 
         def move(t: Tensor) -> Tensor:
@@ -327,21 +327,21 @@ class TestTimeTrainer:
             grad.mul_((self.grad_clip / (norm + 1e-6)).clamp(max=1.0))
         return loss, finite, grad
 
-    def _optimizer_step(self, groups: RowGroups, rows: list[Tensor], grads: list[Tensor],
+    def _optimizer_step(self, layout: SlotLayout, rows: list[Tensor], grads: list[Tensor],
                         lr: float) -> None:
         """One optimiser step of every entry, in place on the bank's rows (`grads`: one [P] row per
         entry). Each slot has its own step count (bias correction); an entry whose loss was not
         finite gets a NaN update here and is reset after the last step."""
         wd = self.weight_decay
-        self.step_count.index_add_(0, groups.entry_index, torch.ones_like(groups.count))
+        self.step_count.index_add_(0, layout.entry_index, torch.ones_like(layout.count))
         if self.optimizer == "sgd":
             if wd:
                 torch._foreach_add_(grads, rows, alpha=wd)
             torch._foreach_add_(rows, grads, alpha=-lr)
             return
-        m = [self.m_rows[e] for e in groups.entries]
-        s = [self.s_rows[e] for e in groups.entries]
-        t = [self.step_rows[e] for e in groups.entries]
+        m = [self.m_rows[e] for e in layout.entries]
+        s = [self.s_rows[e] for e in layout.entries]
+        t = [self.step_rows[e] for e in layout.entries]
         fused = torch._fused_adamw_ if self.optimizer == "adamw" else torch._fused_adam_
         fused(rows, grads, m, s, [], t, lr=lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
               weight_decay=wd, eps=self.adam_eps, amsgrad=False, maximize=False)

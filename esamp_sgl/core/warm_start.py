@@ -31,7 +31,7 @@ from torch import Tensor
 
 from esamp_sgl.core.config import check_rank
 from esamp_sgl.core.distiller import DistillerInit
-from esamp_sgl.core.plan import RowGroups, plan_arrays, to_device
+from esamp_sgl.core.layout import SlotLayout, layout_arrays, to_device
 from esamp_sgl.core.trainer import TestTimeTrainer
 
 _EXACT_SVD_MAX = 2048  # above this H, a randomised low-rank SVD (svd_lowrank) is used
@@ -82,17 +82,17 @@ class PromptPlan:
     """The prompt's P rows as one group of one slot, on the device (one host→device copy)."""
 
     slots: Tensor  # [P] int64, every entry the group's slot
-    groups: RowGroups  # one entry (the slot) holding all P rows; .train is itself
+    layout: SlotLayout  # one entry (the slot) holding all P rows; .train is itself
 
 
 def prompt_plan(slot: int, positions: int, device: torch.device | str) -> PromptPlan:
-    """Built on the host from two ints (plan.py's `plan_arrays`), never from a device read: all P
+    """Built on the host from two ints (layout.py's `layout_arrays`), never from a device read: all P
     rows belong to `slot`, so the Distiller reads the slot's parameters once per step, not once per
     position."""
     slot_column = np.full(positions, slot, dtype=np.int64)
-    arrays, build = plan_arrays(slot_column, None)
+    arrays, build = layout_arrays(slot_column, None)
     views = to_device([slot_column, *arrays], device)
-    return PromptPlan(slots=views[0], groups=build(views[1:]))
+    return PromptPlan(slots=views[0], layout=build(views[1:]))
 
 
 def prefill_warm_start(trainer: TestTimeTrainer, slot: int, source: Tensor, target: Tensor,
@@ -109,6 +109,6 @@ def prefill_warm_start(trainer: TestTimeTrainer, slot: int, source: Tensor, targ
     if positions == 0:
         return None
     plan = prompt_plan(slot, positions, trainer.bank.device)
-    trainer.schedule(source, target, plan.slots, plan.groups.member, steps=steps, lr=lr, warm=True,
-                     groups=plan.groups)
+    trainer.schedule(source, target, plan.slots, plan.layout.member, steps=steps, lr=lr, warm=True,
+                     layout=plan.layout)
     return plan

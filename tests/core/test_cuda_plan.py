@@ -13,7 +13,7 @@ import torch
 from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.layout import slot_layout
 from esamp_sgl.core.step import StepBatch, explore_step
 
 pytestmark = [
@@ -45,7 +45,7 @@ def _batch(seed, slots, train, device):
              target=torch.randn(ROWS, H, generator=gen).bfloat16(), train=torch.tensor(train))
     b = {k: v.to(device) for k, v in b.items()}
     return StepBatch(**b, probs=torch.softmax(b["logits"], -1), any_active=True, rules="compensated",
-                     groups=plan_groups(slots, train, device))
+                     layout=slot_layout(slots, train, device))
 
 
 SLOTS = [0, -1, 1, 0, 1, -1, 0, 1, 2, 2, -1, 0, 1, 2, 0, -1]

@@ -21,7 +21,7 @@ import torch
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.layout import slot_layout
 from esamp_sgl.core.step import StepBatch, explore_step
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
@@ -69,7 +69,7 @@ def _batch(slot: int, seed: int) -> StepBatch:
         slots=torch.tensor(slots, device="cuda"), betas=torch.full((ROWS,), 1.0, device="cuda"),
         source=torch.randn(ROWS, H, generator=gen).bfloat16().cuda(),
         target=torch.randn(ROWS, H, generator=gen).bfloat16().cuda(),
-        probs=torch.softmax(logits, -1), any_active=True, groups=plan_groups(slots, None, "cuda"))
+        probs=torch.softmax(logits, -1), any_active=True, layout=slot_layout(slots, None, "cuda"))
 
 
 def _step(ex: Explorer, batch: StepBatch) -> None:
@@ -143,24 +143,24 @@ def test_a_wait_from_a_second_stream_keeps_the_first_streams_prediction_behind_t
     x = torch.randn(rows, hidden, device="cuda", generator=gen)
     y = torch.randn(rows, hidden, device="cuda", generator=gen)
     slots = torch.zeros(rows, dtype=torch.int64, device="cuda")
-    train_plan = plan_groups([0] * rows, None, "cuda").train
+    train_plan = slot_layout([0] * rows, None, "cuda").train
     probe = torch.randn(32, hidden, device="cuda", generator=gen)
-    probe_plan = plan_groups([0] * 32, None, "cuda")
+    probe_plan = slot_layout([0] * 32, None, "cuda")
     probe_slot_ids = torch.zeros(32, dtype=torch.int64, device="cuda")
     torch.cuda.synchronize()
     forward, scheduler = torch.cuda.Stream(), torch.cuda.Stream()
     with torch.cuda.stream(forward):
         trainer.schedule(x, y, slots, torch.ones(rows, dtype=torch.bool, device="cuda"),
-                         groups=train_plan)
+                         layout=train_plan)
     with torch.cuda.stream(scheduler):
         trainer.wait()  # e.g. a slot reset
         trainer.wait()  # a second call site on the same stream
     with torch.cuda.stream(forward):
         trainer.wait()  # the next prediction
-        racing = bank(probe, probe_slot_ids, groups=probe_plan)
+        racing = bank(probe, probe_slot_ids, layout=probe_plan)
     torch.cuda.synchronize()
     with torch.cuda.stream(forward):  # the same kernels on the same stream, after everything
-        settled = bank(probe, probe_slot_ids, groups=probe_plan)
+        settled = bank(probe, probe_slot_ids, layout=probe_plan)
     torch.cuda.synchronize()
     # The prediction saw all 20 optimiser steps (one Adam step moves it by far more than this).
     assert torch.allclose(racing, settled, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import esamp_sgl.core.distiller as distiller_mod
-import esamp_sgl.core.plan as plan_mod
+import esamp_sgl.core.layout as plan_mod
 import esamp_sgl.core.step as step_mod
 import esamp_sgl.core.trainer as trainer_mod
 from esamp_core_refs import ref_distill
@@ -17,7 +17,7 @@ from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import plan_groups, to_device
+from esamp_sgl.core.layout import slot_layout, to_device
 from esamp_sgl.core.step import StepBatch, explore_step
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
@@ -28,7 +28,7 @@ H, V = 16, 300
 def test_plan_layout_groups_rows_per_slot_with_padding_from_the_same_group():
     slots = [2, 0, 2, -1, 1, 0, 2, -1]
     train = [True, True, False, True, True, True, True, False]
-    g = plan_groups(slots, train, "cpu")
+    g = slot_layout(slots, train, "cpu")
     assert g.entries == [0, 1, 2] and g.width == 3 and g.rows == 8
     assert g.entry_index.tolist() == [0, 1, 2] and g.count.tolist() == [2.0, 1.0, 3.0]
     assert g.member.tolist() == [s >= 0 for s in slots]
@@ -43,9 +43,9 @@ def test_plan_layout_groups_rows_per_slot_with_padding_from_the_same_group():
     t = g.train  # rows 2 and 7 do not train (7 has no slot anyway)
     assert t.entries == [0, 1, 2] and t.count.tolist() == [2.0, 1.0, 2.0]
     assert sorted(r for r, w in zip(t.gather.tolist(), t.weight.reshape(-1).tolist()) if w) == [0, 1, 4, 5, 6]
-    assert plan_groups([-1, -1], None, "cpu") is None
-    assert plan_groups([0, 1], [False, False], "cpu").train is None
-    every = plan_groups([0, 1], None, "cpu")
+    assert slot_layout([-1, -1], None, "cpu") is None
+    assert slot_layout([0, 1], [False, False], "cpu").train is None
+    every = slot_layout([0, 1], None, "cpu")
     assert every.train is every  # every row with a slot trains: one layout
 
 
@@ -64,7 +64,7 @@ def test_grouped_forward_with_a_plan_matches_the_reference_and_zeroes_rows_witho
     bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.3)
     slots = [2, 0, -1, 1, 2, 0, 2]
     x = torch.randn(len(slots), H, generator=gen)
-    out = bank(x.to(torch.bfloat16).float(), torch.tensor(slots), groups=plan_groups(slots, None, "cpu"))
+    out = bank(x.to(torch.bfloat16).float(), torch.tensor(slots), layout=slot_layout(slots, None, "cpu"))
     per_row = bank(x.to(torch.bfloat16).float(), torch.tensor(slots))  # per-row gather fallback
     for i, s in enumerate(slots):
         if s < 0:
@@ -93,8 +93,8 @@ def test_static_trainer_with_a_host_plan_equals_the_cpu_trainer(optimizer):
         x, y = torch.randn(8, H, generator=gen), torch.randn(8, H, generator=gen)
         valid = train & (torch.tensor(slots) >= 0)
         cpu.schedule(x, y, torch.tensor(slots), valid)
-        g = plan_groups(slots, train.numpy(), "cpu")
-        static.schedule(x, y, torch.tensor(slots), valid, groups=g.train)
+        g = slot_layout(slots, train.numpy(), "cpu")
+        static.schedule(x, y, torch.tensor(slots), valid, layout=g.train)
     assert torch.allclose(cpu.bank.flat, static.bank.flat, atol=1e-6)
     assert torch.equal(cpu.step_count, static.step_count)
     assert cpu.step_count.tolist() == [4.0, 4.0, 4.0, 0.0, 0.0]
@@ -118,7 +118,7 @@ def test_static_trainer_resets_a_nonfinite_slot_without_touching_the_others():
             x[0, 3] = float("nan")  # one of slot 0's rows
         for tr in (cpu, static):
             tr.schedule(x, y, torch.tensor(slots), torch.ones(6, dtype=torch.bool),
-                        groups=plan_groups(slots, None, "cpu").train)
+                        layout=slot_layout(slots, None, "cpu").train)
     # The static path collects the slot and resets it with the others every NONFINITE_RESET_EVERY
     # steps (no host read); meanwhile it is not finite, and the other slots are already trained.
     assert not torch.isfinite(static.bank.flat[0]).all() and float(static.nonfinite[0]) == 1.0
@@ -170,7 +170,7 @@ def _batch(gen, slots, train=None, rules="compensated"):
         source=torch.randn(rows, H, generator=gen), target=torch.randn(rows, H, generator=gen),
         any_active=True, rules=rules, probs=torch.softmax(logits, -1),
         train=None if train is None else torch.tensor(train),
-        groups=plan_groups(slots, train, "cpu"))
+        layout=slot_layout(slots, train, "cpu"))
 
 
 def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu_path(monkeypatch):
@@ -189,7 +189,7 @@ def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu
         explore_step(cpu, batch, lambda: stock_sample(batch.probs, batch.top_k, batch.top_p,
                                                       batch.min_p, g_cpu))
         with monkeypatch.context() as m, _NoHostRead():
-            for name in ("plan_from_device", "plan_rows"):
+            for name in ("layout_from_device", "layout_of_rows"):
                 for mod in (plan_mod, step_mod, trainer_mod, distiller_mod):
                     if hasattr(mod, name):
                         m.setattr(mod, name, forbidden)
@@ -216,7 +216,7 @@ def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_
     gen = torch.Generator().manual_seed(9)
     bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.3)
     slots = [0, 2, 0, 3, 0, 2]
-    g = plan_groups(slots, None, "cpu")
+    g = slot_layout(slots, None, "cpu")
     x = torch.randn(6, H, generator=gen)
     x[3, 1] = float("nan")  # slot 3's only row: that entry's loss is NaN
     y = torch.randn(6, H, generator=gen)
@@ -244,7 +244,7 @@ def test_the_static_trainer_flushes_collected_nonfinite_slots_on_its_cadence(mon
     x[1, 0] = float("inf")  # slot 1's row
     for step in range(2):
         static.schedule(x, y, torch.tensor(slots), torch.ones(2, dtype=torch.bool),
-                        groups=plan_groups(slots, None, "cpu").train)
+                        layout=slot_layout(slots, None, "cpu").train)
         if step == 0:
             assert float(static.nonfinite[1]) == 1.0
     assert torch.equal(static.bank.flat[1], static.bank.template_flat) and float(static.nonfinite.sum()) == 0
@@ -262,10 +262,10 @@ def test_predicting_from_the_whole_bank_equals_the_gathered_groups(distiller):
         bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.1)
     for slots in ([3, -1, 0, 3, 3, 4, -1], [1], [0, 1, 2, 3, 4, 0, 0]):
         x = torch.randn(len(slots), H, generator=gen)
-        groups = plan_groups(slots, None, "cpu")
+        groups = slot_layout(slots, None, "cpu")
         whole = distill_bank_blocks(x, bank.params, groups, bank.sink, bank.arch.forward)
         gathered = distill_groups(x, bank.gather(groups.entry_index), groups, bank.arch.forward)
         assert torch.allclose(whole, gathered, atol=1e-6)
         assert torch.equal(whole[torch.tensor(slots) < 0], torch.zeros(sum(s < 0 for s in slots), H))
-    assert bank.reads_whole_bank(plan_groups([0, 1], None, "cpu"))  # 2 groups of a 6-entry bank
-    assert not bank.reads_whole_bank(plan_groups([0], None, "cpu"))
+    assert bank.reads_whole_bank(slot_layout([0, 1], None, "cpu"))  # 2 groups of a 6-entry bank
+    assert not bank.reads_whole_bank(slot_layout([0], None, "cpu"))

@@ -183,9 +183,9 @@ def test_warm_start_reads_nothing_on_the_host_and_its_launches_do_not_grow_with_
 
 def test_prompt_plan_is_one_entry_of_the_slot_built_from_host_values():
     plan = ws.prompt_plan(2, 5, "cpu")
-    assert plan.groups.entries == [2] and plan.groups.width == 5 and plan.groups.train is plan.groups
-    assert plan.slots.tolist() == [2] * 5 and bool(plan.groups.member.all())
-    assert plan.groups.gather.tolist() == list(range(5))
+    assert plan.layout.entries == [2] and plan.layout.width == 5 and plan.layout.train is plan.layout
+    assert plan.slots.tolist() == [2] * 5 and bool(plan.layout.member.all())
+    assert plan.layout.gather.tolist() == list(range(5))
 
 
 def test_a_failed_warm_start_leaves_the_slot_at_init_and_says_so():

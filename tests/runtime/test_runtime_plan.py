@@ -6,7 +6,7 @@ import torch
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.plan import plan_groups
+from esamp_sgl.core.layout import slot_layout
 from runtime_patch.rows import BatchRows
 from runtime_patch.runtime import ESampRuntime
 
@@ -22,8 +22,8 @@ def test_plan_carries_slots_betas_train_and_the_groups_in_one_buffer():
     sa, sb = rt.members["r0"].slot, rt.members["r2"].slot
     assert plan.any_active and plan.slots.tolist() == [sa, -1, sb, sa]
     assert plan.betas.tolist() == [2.0, 0.0, 0.5, 2.0] and plan.train.tolist() == [True, False, False, True]
-    want = plan_groups([sa, -1, sb, sa], [True, False, False, True], "cpu")
-    g = plan.groups
+    want = slot_layout([sa, -1, sb, sa], [True, False, False, True], "cpu")
+    g = plan.layout
     assert g.entries == want.entries and g.width == want.width
     for name in ("entry_index", "gather", "weight", "count", "position", "member"):
         assert torch.equal(getattr(g, name), getattr(want, name)), name
@@ -31,4 +31,4 @@ def test_plan_carries_slots_betas_train_and_the_groups_in_one_buffer():
     storages = {t.untyped_storage().data_ptr() for t in (plan.slots, plan.betas, plan.train, *g.buffers())}
     assert len(storages) == 1  # one buffer, one copy
     none = rt.plan(BatchRows(("x",), (None,)), torch.device("cpu"))
-    assert not none.any_active and none.groups is None
+    assert not none.any_active and none.layout is None

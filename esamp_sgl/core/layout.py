@@ -6,7 +6,7 @@ ONE copy from pinned memory (non-blocking on CUDA). The device path then needs n
 host read and no per-row gather of parameters: every per-slot tensor (Distiller parameters, Adam
 moments) is read once per *group*.
 
-Layout (`RowGroups`): the U distinct slots of the included rows are the entries; each entry owns `n`
+Layout (`SlotLayout`): the U distinct slots of the included rows are the entries; each entry owns `n`
 consecutive positions of a padded [U, n] block (n = the largest group), so the Distiller runs as one
 batched matmul per weight over [U, n, H]. Padding positions repeat their entry's first row with
 weight 0 (a finite value from the same group: a NaN in another group's row can never reach this
@@ -52,7 +52,7 @@ _TORCH_DTYPES = {"i8": torch.int64, "i4": torch.int32, "f4": torch.float32, "b1"
 
 
 @dataclass
-class RowGroups:
+class SlotLayout:
     """R rows grouped by slot (see the module docstring). Device tensors share one buffer."""
 
     entries: list[int]  # host: the slot of each entry, U of them (distinct)
@@ -64,7 +64,7 @@ class RowGroups:
     count: Tensor  # [U] fp32 rows per entry
     position: Tensor  # [R] int64 each row's padded position (rows outside: 0)
     member: Tensor  # [R] bool the row belongs to an entry
-    train: "RowGroups | None" = None  # the layout of the rows that train (None: none train)
+    train: "SlotLayout | None" = None  # the layout of the rows that train (None: none train)
     # host: each row's slot if the row is in the layout, else -1 (a training cadence merges the
     # layouts of several steps from it, trainer.py)
     row_slots: np.ndarray | None = None
@@ -108,31 +108,31 @@ class RowGroups:
 
     @classmethod
     def from_arrays(cls, entries: list[int], n: int, tensors: Sequence[Tensor],
-                    row_slots: np.ndarray | None = None) -> "RowGroups":
+                    row_slots: np.ndarray | None = None) -> "SlotLayout":
         entry_index, gather, weight, count, position, member = tensors
         return cls(entries, int(position.shape[0]), n, entry_index, gather, weight, count,
                    position, member, row_slots=row_slots)
 
 
-def plan_arrays(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None):
-    """Host part of `plan_groups`: (list of arrays to copy, a function that builds the RowGroups
+def layout_arrays(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None):
+    """Host part of `slot_layout`: (list of arrays to copy, a function that builds the SlotLayout
     from their device views). Lets an engine add its own per-row arrays to the same copy."""
     slots = np.asarray(slots, dtype=np.int64)
     train_arr = None if train is None else np.asarray(train, dtype=bool)
-    pred = RowGroups.arrays(slots)
+    pred = SlotLayout.arrays(slots)
     if pred is None:
         return [], lambda views: None
     same = train_arr is None or bool(train_arr[slots >= 0].all())
-    trn = None if same else RowGroups.arrays(slots, train_arr)
+    trn = None if same else SlotLayout.arrays(slots, train_arr)
     arrays = list(pred[2]) + ([] if trn is None else list(trn[2]))
 
-    def build(views: Sequence[Tensor]) -> RowGroups:
-        groups = RowGroups.from_arrays(pred[0], pred[1], views[:6], _row_slots(slots, pred))
+    def build(views: Sequence[Tensor]) -> SlotLayout:
+        layout = SlotLayout.from_arrays(pred[0], pred[1], views[:6], _row_slots(slots, pred))
         if same:
-            groups.train = groups
+            layout.train = layout
         elif trn is not None:
-            groups.train = RowGroups.from_arrays(trn[0], trn[1], views[6:12], _row_slots(slots, trn))
-        return groups
+            layout.train = SlotLayout.from_arrays(trn[0], trn[1], views[6:12], _row_slots(slots, trn))
+        return layout
     return arrays, build
 
 
@@ -140,39 +140,39 @@ def _row_slots(slots: np.ndarray, found) -> np.ndarray:
     return np.where(found[2][5], slots, -1)
 
 
-def plan_host(row_slots: np.ndarray, device: torch.device | str) -> RowGroups | None:
+def layout_from_row_slots(row_slots: np.ndarray, device: torch.device | str) -> SlotLayout | None:
     """One layout (no `.train`) of the rows with a slot, from host slots (-1: not included); one
     host→device copy, no device read. None when no row has a slot."""
     row_slots = np.asarray(row_slots, dtype=np.int64)
-    found = RowGroups.arrays(row_slots)
+    found = SlotLayout.arrays(row_slots)
     if found is None:
         return None
     entries, n, arrays = found
-    return RowGroups.from_arrays(entries, n, to_device(arrays, device), _row_slots(row_slots, found))
+    return SlotLayout.from_arrays(entries, n, to_device(arrays, device), _row_slots(row_slots, found))
 
 
-def plan_groups(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None,
-                device: torch.device | str) -> RowGroups | None:
-    """RowGroups of the rows with a slot (slot >= 0), and in `.train` those whose `train` is True
+def slot_layout(slots: Sequence[int] | np.ndarray, train: Sequence[bool] | np.ndarray | None,
+                device: torch.device | str) -> SlotLayout | None:
+    """SlotLayout of the rows with a slot (slot >= 0), and in `.train` those whose `train` is True
     (None: all). One host→device copy. None when no row has a slot."""
-    arrays, build = plan_arrays(slots, train)
+    arrays, build = layout_arrays(slots, train)
     if not arrays:
         return None
     return build(to_device(arrays, device))
 
 
-def plan_from_device(slots: Tensor, train: Tensor | None = None) -> RowGroups | None:
+def layout_from_device(slots: Tensor, train: Tensor | None = None) -> SlotLayout | None:
     """The same plan from device tensors: a host read (free on CPU; one sync on CUDA, so engines
     pass the plan they built on the host instead)."""
     s = slots.detach().to("cpu", torch.int64).numpy()
     t = None if train is None else train.detach().to("cpu", torch.bool).numpy()
-    return plan_groups(s, t, slots.device)
+    return slot_layout(s, t, slots.device)
 
 
-def plan_rows(slots: Tensor, include: Tensor | None = None) -> RowGroups | None:
+def layout_of_rows(slots: Tensor, include: Tensor | None = None) -> SlotLayout | None:
     """One layout (no `.train`) of the rows with include & slot >= 0, from a host read of device
     tensors (free on CPU; one sync on CUDA). None when there is no such row."""
     s = slots.detach().to("cpu", torch.int64).numpy()
     if include is not None:
         s = np.where(include.detach().to("cpu", torch.bool).numpy(), s, -1)
-    return plan_host(s, slots.device)
+    return layout_from_row_slots(s, slots.device)
