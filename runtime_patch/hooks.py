@@ -13,7 +13,7 @@ from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest, check_request_p
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch import head_mix
 from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 from runtime_patch.settings import load_server_config
 from runtime_patch.taps import configure_taps, prompt_positions
 from runtime_patch.tensor_parallel import check_tensor_parallel, full_lm_head_weight
@@ -22,7 +22,7 @@ logger = logging.getLogger("esamp_sgl.hooks")
 
 
 class _State:
-    runtime: ESampRuntime | None = None  # one per scheduler process
+    runtime: SchedulerState | None = None  # one per scheduler process
 
 
 STATE = _State()
@@ -56,7 +56,7 @@ def bind_model(result, runner):
     taps = configure_taps(runner.model, config, layers, hidden)
     # Under --tp-size > 1 the LM head is vocab-sharded; the Explorer gets the whole table.
     explorer = Explorer(config, hidden, full_lm_head_weight(runner.model.lm_head), device=runner.device)
-    STATE.runtime = runner.sampler.runtime = ESampRuntime(config, explorer, taps)
+    STATE.runtime = runner.sampler.runtime = SchedulerState(config, explorer, taps)
     STATE.runtime.dp_rank = get_parallel().dp_rank
     from runtime_patch.metrics import scheduler_metrics
 

@@ -56,7 +56,7 @@ class RowPlan:
     host_betas: tuple[float, ...] = ()
 
 
-class ESampRuntime:
+class SchedulerState:
     def __init__(self, config: ESampConfig, explorer: Explorer, taps: Taps) -> None:
         self.config = config
         self.explorer = explorer

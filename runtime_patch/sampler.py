@@ -45,7 +45,7 @@ from sglang.srt.runtime_context import get_exec, get_platform
 from esamp_sgl.core.step import HeadInput, StepBatch, explore_step
 from runtime_patch.launch_checks import check_scores, check_step
 from runtime_patch.rows import rows_of
-from runtime_patch.runtime import ESampRuntime, RowPlan
+from runtime_patch.runtime import SchedulerState, RowPlan
 
 logger = logging.getLogger("esamp_sgl.sampler")
 
@@ -65,7 +65,7 @@ class StepContext:
     head: HeadInput | None = None  # the latent mixing done before the LM head (head_mix.py), if any
 
 
-def step_context(runtime: ESampRuntime | None, sampling_info, hidden_states) -> StepContext | None:
+def step_context(runtime: SchedulerState | None, sampling_info, hidden_states) -> StepContext | None:
     """The step's row plan and taps, or None when no row of the batch explores. `hidden_states`: the
     captured [rows, width] streams (Taps.split)."""
     rows = rows_of(sampling_info)
@@ -109,7 +109,7 @@ def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
 class ESampSampler(Sampler):
     def __init__(self) -> None:
         super().__init__()
-        self.runtime: ESampRuntime | None = None  # bound after the model is loaded (plugin hook)
+        self.runtime: SchedulerState | None = None  # bound after the model is loaded (plugin hook)
         self.stock_backend = stock_backend_name()
         self.failures = 0
         self._step: StepContext | None = None
@@ -200,7 +200,7 @@ class ESampSampler(Sampler):
             return stock_once()
 
 
-def launch_check(runtime: ESampRuntime, step: StepContext, sampling_info, scores) -> str | None:
+def launch_check(runtime: SchedulerState, step: StepContext, sampling_info, scores) -> str | None:
     """The host-side checks of launch_checks.py on this step; None when it may launch. `scores` None:
     before the LM head (head_mix.py). A step mixed there had its plan, taps and filters checked then;
     only its scores are new here."""

@@ -11,7 +11,7 @@ run it, so the collective below is matched) re-binds the Explorer:
   Parameter object; under TP the Explorer holds an assembled full copy (`tensor_parallel.py`),
   which would go stale. So the head is re-read from `model.lm_head` and, under TP, assembled again
   (one all-reduce of V x H per update call, whether or not the call touched the head).
-* groups alive across the update restart: see `ESampRuntime.on_weights_updated`. With SGLang's
+* groups alive across the update restart: see `SchedulerState.on_weights_updated`. With SGLang's
   defaults there are none: an update waits for the requests in flight to finish and holds new ones
   back (the tokenizer's model-update lock), so every group runs on one weight version. Only a
   client that pauses generation in place (`/pause_generation`, update, `/continue_generation`, as

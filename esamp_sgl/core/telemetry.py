@@ -18,11 +18,11 @@ from torch import Tensor
 
 _F64 = torch.float64
 # The counters' columns, in record order: each record call writes one contiguous block.
-FIELDS = ("train_steps", "train_loss_sum", "train_loss_count", "train_nonfinite",  # trainer
+COUNTERS = ("train_steps", "train_loss_sum", "train_loss_count", "train_nonfinite",  # trainer
           "warm_steps", "warm_loss_before", "warm_loss_after", "warm_r2", "warm_positions",
           "novelty_sum", "novelty_count", "nonfinite_predictions", "sse", "target_sq_sum",
           "reweighted", "truncated", "corr_sum", "corr_count")
-_COL = {name: i for i, name in enumerate(FIELDS)}
+_COL = {name: i for i, name in enumerate(COUNTERS)}
 
 
 def group_report(reports: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -69,7 +69,7 @@ class Telemetry:
         self.device = torch.device(device)
         n = slots + 1
         with torch.inference_mode(False):
-            self.counters = torch.zeros(n, len(FIELDS), dtype=_F64, device=self.device)
+            self.counters = torch.zeros(n, len(COUNTERS), dtype=_F64, device=self.device)
             self.target_sum = torch.zeros(n, hidden, dtype=_F64, device=self.device)
         # One column view per field (e.g. self.train_steps, self.novelty_sum): [slots + 1].
         # Rows whose prediction had a NaN/inf entry (nonfinite_predictions) are sampled stock.
@@ -168,11 +168,11 @@ class Telemetry:
             parts = [self.row(slot), *(fn().reshape(1).to(_F64) for fn in extra.values())]
             return torch.cat(parts)
         values = (read or (lambda b: b().tolist()))(build)
-        vals = dict(zip(FIELDS, values))
+        vals = dict(zip(COUNTERS, values))
         n = vals["novelty_count"]
         sst = None
         if n > 0:
-            mean_sq = values[len(FIELDS)] / n
+            mean_sq = values[len(COUNTERS)] / n
             sst = vals["target_sq_sum"] - mean_sq
 
         def ratio(a: float, b: float) -> float | None:
@@ -201,7 +201,7 @@ class Telemetry:
         for k, v in out.items():
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None
-        out.update(zip(extra, values[len(FIELDS) + 1:]))
+        out.update(zip(extra, values[len(COUNTERS) + 1:]))
         return out
 
 

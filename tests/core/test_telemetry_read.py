@@ -7,7 +7,7 @@ import torch
 
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.telemetry import FIELDS, StepMarks, Telemetry
+from esamp_sgl.core.telemetry import COUNTERS, StepMarks, Telemetry
 
 
 def test_snapshot_reads_all_counters_and_extras_in_one_copy():
@@ -26,7 +26,7 @@ def test_snapshot_reads_all_counters_and_extras_in_one_copy():
         reads.append(row.shape)
         return row.tolist()
     snap = tel.snapshot(1, extra={"answer": lambda: torch.tensor(42.0)}, read=read)
-    assert reads == [(len(FIELDS) + 2,)]  # counters, |Σ target|², one extra: one copy
+    assert reads == [(len(COUNTERS) + 2,)]  # counters, |Σ target|², one extra: one copy
     assert snap["answer"] == 42.0 and snap["predictions"] == 3 and snap["steps_trained"] == 1
     assert snap["mean_loss"] == 0.5 and snap == {**tel.snapshot(1), "answer": 42.0}
     assert float(tel.novelty_count[1]) == 3.0 and float(tel.train_steps[1]) == 1.0  # column views

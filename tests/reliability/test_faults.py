@@ -17,7 +17,7 @@ from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.step import StepBatch, explore_step
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 
 H, V = 16, 300
 ROWS_PER_GROUP = 2
@@ -26,11 +26,11 @@ ROWS_PER_GROUP = 2
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-def _runtime() -> ESampRuntime:
+def _runtime() -> SchedulerState:
     config = ESampConfig(rank=8, max_groups=4, fit_gate=False)  # steering on from the first step; the gate has its own tests
     lm_head = torch.randn(V, H, generator=torch.Generator().manual_seed(123))
     # The taps are only used by the SGLang sampler to split the captured states; not needed here.
-    return ESampRuntime(config, Explorer(config, H, lm_head, device="cpu"), taps=None)
+    return SchedulerState(config, Explorer(config, H, lm_head, device="cpu"), taps=None)
 
 
 def _batch(gen: torch.Generator, slots: list[int]) -> StepBatch:

@@ -10,7 +10,7 @@ import torch
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, rows_of
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 from runtime_patch.taps import Taps
 
 H, V = 32, 200
@@ -64,7 +64,7 @@ def samplers(sglang_with_plugin):
     gen = torch.Generator().manual_seed(0)
     lm_head = torch.randn(V, H, generator=gen)
     config = ESampConfig(beta=2.0, seed=3, rank=8, fit_gate=False)  # the gate has its own tests
-    esamp.runtime = ESampRuntime(config, Explorer(config, H, lm_head), Taps([2], H, 2, None, None, None))
+    esamp.runtime = SchedulerState(config, Explorer(config, H, lm_head), Taps([2], H, 2, None, None, None))
     return esamp, stock
 
 
@@ -253,7 +253,7 @@ def test_greedy_mask_marks_rows_whose_token_esamp_changed_invalid(samplers, all_
     saved = esamp.runtime
     config = ESampConfig(beta=2.0, seed=3, rank=8, fit_gate=False, apply_to_greedy=True, greedy_min_p=0.02)
     lm_head = torch.randn(V, H, generator=torch.Generator().manual_seed(0))
-    esamp.runtime = ESampRuntime(config, Explorer(config, H, lm_head), Taps([2], H, 2, None, None, None))
+    esamp.runtime = SchedulerState(config, Explorer(config, H, lm_head), Taps([2], H, 2, None, None, None))
     try:
         request = ExploreRequest(group="g")
         rids = tuple("abcdef")

@@ -12,17 +12,17 @@ from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch import head_mix
 from runtime_patch.rows import ROWS_ATTR, BatchRows
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 from runtime_patch.sampler import STEP_ATTR
 from runtime_patch.taps import APPEND_FINAL_NORM, Taps
 
 H, V, R = 16, 40, 3
 
 
-def _runtime(taps_hidden: int = H) -> ESampRuntime:
+def _runtime(taps_hidden: int = H) -> SchedulerState:
     config = ESampConfig(profile="paper", rank=8, max_groups=2)
     explorer = Explorer(config, H, torch.randn(V, H, generator=torch.Generator().manual_seed(1)))
-    return ESampRuntime(config, explorer, Taps([1], taps_hidden, 1, None, None, None))
+    return SchedulerState(config, explorer, Taps([1], taps_hidden, 1, None, None, None))
 
 
 def _decode(runtime, monkeypatch, min_p: list[float], width: int = H):

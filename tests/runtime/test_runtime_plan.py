@@ -1,4 +1,4 @@
-"""ESampRuntime.plan: every per-row array and the rows' grouping per slot in one host->device copy."""
+"""SchedulerState.plan: every per-row array and the rows' grouping per slot in one host->device copy."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.layout import slot_layout
 from runtime_patch.rows import BatchRows
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 
 
 def test_plan_carries_slots_betas_train_and_the_groups_in_one_buffer():
     config = ESampConfig(rank=4, max_groups=4, beta=0.5)
-    rt = ESampRuntime(config, Explorer(config, 8, torch.randn(40, 8), device="cpu"), taps=None)
+    rt = SchedulerState(config, Explorer(config, 8, torch.randn(40, 8), device="cpu"), taps=None)
     a, frozen = ExploreRequest(group="a", beta=2.0), ExploreRequest(group="b", train=False)
     for rid, req in (("r0", a), ("r2", frozen), ("r3", a)):
         rt.join(rid, req)

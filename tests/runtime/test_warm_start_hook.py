@@ -11,7 +11,7 @@ import torch
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch.rows import ROWS_ATTR, BatchRows, ExtendSpan
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 from runtime_patch.taps import Taps
 
 H, V, P = 16, 40, 6
@@ -44,10 +44,10 @@ def _extend(runtime, monkeypatch, width: int):
     return ran == [True], out
 
 
-def _runtime(taps_hidden: int) -> ESampRuntime:
+def _runtime(taps_hidden: int) -> SchedulerState:
     config = ESampConfig(rank=4, max_groups=2, prefill_warm_start=True, warm_start_steps=3)
     explorer = Explorer(config, H, torch.randn(V, H, generator=torch.Generator().manual_seed(1)))
-    return ESampRuntime(config, explorer, Taps([2], taps_hidden, 2, None, None, None))
+    return SchedulerState(config, explorer, Taps([2], taps_hidden, 2, None, None, None))
 
 
 def test_a_warm_start_on_pairs_of_the_wrong_hidden_size_is_counted_logged_and_reported(monkeypatch, caplog):

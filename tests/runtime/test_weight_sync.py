@@ -14,7 +14,7 @@ import torch
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.reweight import distiller_logits
-from runtime_patch.runtime import ESampRuntime
+from runtime_patch.runtime import SchedulerState
 from runtime_patch.taps import Taps
 
 H, V = 16, 50
@@ -45,7 +45,7 @@ def test_an_update_rebinds_a_replaced_lm_head_and_restarts_live_groups(sglang_wi
     model.lm_head = torch.nn.Module()
     model.lm_head.weight = torch.nn.Parameter(torch.randn(V, H, generator=gen), requires_grad=False)
     config = ESampConfig(rank=4, seed=1)
-    runtime = ESampRuntime(config, Explorer(config, H, model.lm_head.weight), Taps([2], H, 2, None, None, None))
+    runtime = SchedulerState(config, Explorer(config, H, model.lm_head.weight), Taps([2], H, 2, None, None, None))
     explorer = runtime.explorer
     runtime.join("a", ExploreRequest(group="g"))
     slot = explorer.groups.slot_of("g")
