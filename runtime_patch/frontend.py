@@ -21,8 +21,11 @@ restores the originals (for tests).
 from __future__ import annotations
 
 import functools
+import pkgutil
 import threading
 from typing import Any, Callable, Mapping
+
+from runtime_patch.touch_points import Kind, hooks_of_kinds
 
 CUSTOM_PARAMS = "custom_params"
 _MARK = "_custom_params_passthrough"  # set on the patched functions
@@ -36,12 +39,20 @@ def _targets() -> tuple[type, type]:
         from sglang.lang.ir import SglSamplingParams
     except ImportError as exc:  # pragma: no cover - depends on the installed SGLang
         raise ImportError(f"runtime_patch.frontend needs sglang.lang (SGLang 0.5.23): {exc}") from exc
-    for owner, name in ((SglSamplingParams, "to_srt_kwargs"), (SglSamplingParams, "clone"),
-                        (StreamExecutor, "_resolve_sampling_params"), (StreamExecutor, "fork")):
+    for owner, name, _wrap in _wrapped_methods():
         if not callable(getattr(owner, name, None)):
             raise ImportError(f"runtime_patch.frontend: {owner.__module__}.{owner.__name__}.{name} is missing; "
                               "this patch supports SGLang 0.5.23")
     return SglSamplingParams, StreamExecutor
+
+
+def _wrapped_methods() -> list[tuple[type, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]:
+    """(class, method name, wrapper factory) for the frontend rows of runtime_patch/touch_points.py."""
+    methods = []
+    for target, hook in hooks_of_kinds(Kind.FRONTEND):
+        owner, name = target.rsplit(".", 1)
+        methods.append((pkgutil.resolve_name(owner), name, pkgutil.resolve_name(hook.handler)))
+    return methods
 
 
 def materialize_custom_params(value: Any, executor: Any) -> dict[str, Any] | None:
@@ -57,7 +68,7 @@ def materialize_custom_params(value: Any, executor: Any) -> dict[str, Any] | Non
     return dict(value)
 
 
-def _to_srt_kwargs(original: Callable[..., dict]) -> Callable[..., dict]:
+def wrap_to_srt_kwargs(original: Callable[..., dict]) -> Callable[..., dict]:
     @functools.wraps(original)
     def to_srt_kwargs(self) -> dict:
         out = original(self)
@@ -71,7 +82,7 @@ def _to_srt_kwargs(original: Callable[..., dict]) -> Callable[..., dict]:
     return to_srt_kwargs
 
 
-def _clone(original: Callable[..., Any]) -> Callable[..., Any]:
+def wrap_clone(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clone(self):
         copy = original(self)
@@ -83,7 +94,7 @@ def _clone(original: Callable[..., Any]) -> Callable[..., Any]:
     return clone
 
 
-def _resolve_sampling_params(original: Callable[..., Any]) -> Callable[..., Any]:
+def wrap_resolve_sampling_params(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def resolve(self, sampling_params):
         resolved = original(self, sampling_params)
@@ -96,7 +107,7 @@ def _resolve_sampling_params(original: Callable[..., Any]) -> Callable[..., Any]
     return resolve
 
 
-def _fork(original: Callable[..., list]) -> Callable[..., list]:
+def wrap_fork(original: Callable[..., list]) -> Callable[..., list]:
     @functools.wraps(original)
     def fork(self, size: int = 1, position_ids_offset=None):
         children = original(self, size, position_ids_offset)
@@ -111,18 +122,6 @@ def _fork(original: Callable[..., list]) -> Callable[..., list]:
         return children
 
     return fork
-
-
-_WRAPPERS = {"to_srt_kwargs": _to_srt_kwargs, "clone": _clone,
-             "_resolve_sampling_params": _resolve_sampling_params, "fork": _fork}
-# What apply() wraps, for runtime_patch/compat.py's self-check and docs/touch-points.md.
-TOUCH_POINTS: dict[str, str] = {
-    "sglang.lang.ir.SglSamplingParams.to_srt_kwargs": "frontend: custom_params reach the /generate body",
-    "sglang.lang.ir.SglSamplingParams.clone": "frontend: a cloned generation keeps its custom_params",
-    "sglang.lang.interpreter.StreamExecutor._resolve_sampling_params":
-        "frontend: gen()'s custom_params merged over the program default",
-    "sglang.lang.interpreter.StreamExecutor.fork": "frontend: fork lineage, from which esamp_sgl.lang derives group ids",
-}
 
 
 def is_applied() -> bool:
@@ -141,15 +140,14 @@ def apply() -> None:
                               ("fork_size", None)):
             setattr(executor_cls, name, default)
         setattr(params_cls, CUSTOM_PARAMS, None)  # class default: instances without it have none
-        for owner in (params_cls, executor_cls):
-            for name, wrap in _WRAPPERS.items():
-                if name not in vars(owner):
-                    continue
-                original = vars(owner)[name]
-                _originals[(owner, name)] = original
-                patched = wrap(original)
-                setattr(patched, _MARK, True)
-                setattr(owner, name, patched)
+        for owner, name, wrap in _wrapped_methods():
+            if name not in vars(owner):
+                continue
+            original = vars(owner)[name]
+            _originals[(owner, name)] = original
+            patched = wrap(original)
+            setattr(patched, _MARK, True)
+            setattr(owner, name, patched)
 
 
 def remove() -> None:

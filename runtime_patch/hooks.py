@@ -1,4 +1,5 @@
-"""Every SGLang hook of the esamp backend, one small function each (registered in `plugin.py`).
+"""The SGLang hooks of the esamp backend, one small function each (`touch_points.py` lists every
+hook with its target; `plugin.py` registers them from there).
 
 Hooks run in every process that loads plugins; each one is a no-op unless the process is a
 scheduler whose sampler is the esamp sampler (`STATE.runtime` set), or, on the tokenizer side, the
@@ -66,8 +67,25 @@ def bind_model(result, runner):
     return result
 
 
+# -- requests join their groups ---------------------------------------------------------------------
+def join_new_requests(result, info, batch, vocab_size):
+    """AFTER SamplingBatchInfo.adjusted_from_schedule_batch (a batch of requests about to be prefilled),
+    before `rows_from_schedule_batch`: its exploring requests join their fork groups (a group's first
+    member takes a bank slot). A request already in its group (a retracted one prefilled again) stays."""
+    runtime = STATE.runtime
+    if runtime is None:
+        return result
+    for req in batch.reqs:
+        request = explore_request_of(req)
+        if request is not None:
+            runtime.join(req.rid, request)
+    return result
+
+
 # -- row metadata on SamplingBatchInfo -------------------------------------------------------------
 def rows_from_schedule_batch(result, info, batch, vocab_size):
+    """AFTER SamplingBatchInfo.adjusted_from_schedule_batch: each row's request id, ESamp options and
+    prompt span, beside the sampling tensors (only when a row explores or warm-starts)."""
     runtime = STATE.runtime
     if runtime is None:
         return result
@@ -75,9 +93,6 @@ def rows_from_schedule_batch(result, info, batch, vocab_size):
     spans = tuple(extend_span(req) for req in batch.reqs) if runtime.config.prefill_warm_start else None
     if not any(r is not None for r in requests) and not (spans and any(spans)):
         return result
-    for req, request in zip(batch.reqs, requests):
-        if request is not None:
-            runtime.join(req.rid, request)
     setattr(info, ROWS_ATTR, BatchRows(tuple(req.rid for req in batch.reqs), requests, spans))
     return result
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.layout import SlotLayout, layout_arrays, to_device
+from esamp_sgl.core.plan import StepPlan, plan_step
 from esamp_sgl.core.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
@@ -39,21 +38,6 @@ def lm_head_norm(weight: torch.Tensor, rows: int = 8192) -> float:
 class Member:
     group: str
     slot: int | None  # None: the bank was full when the group arrived -> stock sampling
-
-
-@dataclass
-class RowPlan:
-    """Host-side decisions for one step's rows, turned into device tensors once."""
-
-    slots: torch.Tensor  # [R] int64, -1 = stock row
-    betas: torch.Tensor  # [R] float32
-    train: torch.Tensor  # [R] bool: the row's group trains its Distiller
-    rules: str | list[str]  # one name when every row has the same rule
-    any_active: bool
-    layout: SlotLayout | None = None  # the rows with a slot grouped per slot (esamp_sgl/core/layout.py)
-    # The host values behind `slots` and `betas` (the sampler checks them before launch: launch_checks.py).
-    host_slots: tuple[int, ...] = ()
-    host_betas: tuple[float, ...] = ()
 
 
 class SchedulerState:
@@ -101,9 +85,9 @@ class SchedulerState:
         member = self.members.pop(rid, None)
         if member is None:
             return None
-        telemetry = self.telemetry(member)
+        telemetry = self.member_report(member)
         # A slot comes back when the last member of a slotted group left (never for a stock group).
-        last = self.explorer.leave_group(member.group, member.slot) is not None
+        last = self.explorer.leave_group(member.group) is not None
         if last and self.metrics is not None:
             self.metrics.group_finished(telemetry)  # the group's final counters
         if last and telemetry["status"] != "ok":
@@ -116,10 +100,10 @@ class SchedulerState:
             self.metrics.update(self)
         return telemetry
 
-    def telemetry(self, member: Member) -> dict:
+    def member_report(self, member: Member) -> dict:
         if member.slot is None:
             return {"group": member.group, "status": "bank_full"}
-        out = self.explorer.telemetry(member.group)
+        out = self.explorer.report(member.group)
         # nonfinite_prediction: some of the group's rows were sampled stock because the Distiller's
         # prediction was NaN/inf; nonfinite_reset: a non-finite loss reset the Distiller.
         out["status"] = ("nonfinite_prediction" if out.get("nonfinite_predictions")
@@ -188,7 +172,8 @@ class SchedulerState:
                            type(exc).__name__, exc, exc_info=exc if self.head_mix_failures == 1 else None)
 
     # -- per step -----------------------------------------------------------------------------------
-    def plan(self, rows: BatchRows, device: torch.device) -> RowPlan:
+    def step_plan(self, rows: BatchRows, device: torch.device) -> StepPlan:
+        """The step's plan (esamp_sgl/core/plan.py) from each row's membership and ESamp options."""
         slots, betas, train, rules = [], [], [], []
         for rid, request in zip(rows.rids, rows.requests):
             member = self.members.get(rid) if request is not None else None
@@ -203,24 +188,7 @@ class SchedulerState:
             betas.append(beta)
             train.append(trains)
             rules.append(rule)
-        any_active = any(s >= 0 for s in slots)
-        # The rows grouped per slot (esamp_sgl/core/layout.py), decided here where each row's slot is known,
-        # and every per-row array in ONE host->device copy from pinned memory (non-blocking on CUDA).
-        slots_np = np.asarray(slots, dtype=np.int64)
-        train_np = np.asarray(train, dtype=bool)
-        group_arrays, build = layout_arrays(slots_np, train_np) if any_active else ([], None)
-        views = to_device([slots_np, np.asarray(betas, dtype=np.float32), train_np, *group_arrays],
-                          device)
-        return RowPlan(
-            slots=views[0],
-            betas=views[1],
-            train=views[2],
-            rules=rules[0] if rules and rules.count(rules[0]) == len(rules) else rules,  # one rule: a str
-            any_active=any_active,
-            layout=build(views[3:]) if build is not None else None,
-            host_slots=tuple(slots),
-            host_betas=tuple(betas),
-        )
+        return plan_step(slots, betas, train, rules, device)
 
     def slots_in_use(self) -> int:
         return self.explorer.groups.slots_in_use

@@ -4,10 +4,10 @@ Everything SGLang does before sampling (penalties, grammar, logit bias, temperat
 greedy path, logprobs, TP token sync) is the parent class's code, unchanged. Only the final draw is
 replaced: `_sample_from_probs` runs SGLang's stock draw for every row (the `pytorch` backend on
 CPU, `flashinfer` on CUDA, selected by a scoped config override so it is literally SGLang's code and
-RNG use), and `esamp_sgl.core.step.explore_step` redraws the rows of live fork groups from their
+RNG use), and `esamp_sgl.core.step.explore_batch` redraws the rows of live fork groups from their
 reweighted candidates. Rows without ESamp therefore get bit-identical tokens to the stock backend.
 On CPU a batch whose every row ESamp redraws skips the stock draw, whose tokens would all be
-discarded (explore_step says why).
+discarded (step.with_stock_rows says why).
 
 The sampling mask (`SamplingBatchInfo.sampling_mask_batch_indices`, captured inside SGLang's draw)
 describes the row's filtered support, which is ESamp's candidate set (the same top-k/top-p/min-p), with
@@ -16,7 +16,7 @@ token with the weight its discarded stock token had: the weight is looked up for
 SGLang itself does when TP sync or a grammar replaces a token), so `selected_logprobs` is the model's
 filtered log-probability of the token actually emitted, and a token outside the support is reported
 INVALID (SGLang then aborts the request) instead of passing silently. It is not ESamp's own sampling
-probability (the behaviour policy after reweighting): explore_step does not return that.
+probability (the behaviour policy after reweighting): explore_batch does not return that.
 
 Failures never take the server down: an exception in the exploration step samples the batch stock
 and counts it in `ESampSampler.failures`. On CUDA a fault inside a kernel (e.g. an out-of-range
@@ -42,10 +42,11 @@ from sglang.srt.layers.logits_processor import SamplingMaskStatus
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec, get_platform
 
-from esamp_sgl.core.step import HeadInput, StepBatch, explore_step
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import HeadInput, StepBatch, explore_batch
 from runtime_patch.launch_checks import check_scores, check_step
 from runtime_patch.rows import rows_of
-from runtime_patch.runtime import SchedulerState, RowPlan
+from runtime_patch.runtime import SchedulerState
 
 logger = logging.getLogger("esamp_sgl.sampler")
 
@@ -59,7 +60,7 @@ def stock_backend_name() -> str:
 
 @dataclass
 class StepContext:
-    plan: RowPlan
+    plan: StepPlan
     source: torch.Tensor
     target: torch.Tensor
     head: HeadInput | None = None  # the latent mixing done before the LM head (head_mix.py), if any
@@ -73,7 +74,7 @@ def step_context(runtime: SchedulerState | None, sampling_info, hidden_states) -
         return None
     if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
         return None  # e.g. an idle/dummy batch: nothing captured for these rows
-    plan = runtime.plan(rows, hidden_states.device)
+    plan = runtime.step_plan(rows, hidden_states.device)
     if not plan.any_active:
         return None
     source, target = runtime.taps.split(hidden_states)
@@ -90,20 +91,31 @@ def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
         top_p=sampling_info.top_ps,
         min_p=sampling_info.min_ps,
         is_greedy=sampling_info.top_ks <= 1,  # SGLang turns temperature 0 into top_k = 1
-        slots=step.plan.slots,
-        betas=step.plan.betas,
+        plan=step.plan,
         source=step.source,
         target=step.target,
-        any_active=step.plan.any_active,
-        rules=step.plan.rules,
         probs=probs,
-        train=step.plan.train,
-        layout=step.plan.layout,
         h_hat=None if step.head is None else step.head.h_hat,
         premixed=None if step.head is None else step.head.mixed,
         unfiltered=not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling
                         or sampling_info.need_min_p_sampling),  # top-k 1 (greedy) sets the first
     )
+
+
+class StockDraw:
+    """SGLang's own draw for the whole batch, run at most once (it advances the engine's RNG) and only
+    when asked: `()` returns its token ids; `mask` is the sampling mask it captured (None until run,
+    or when SGLang captures none)."""
+
+    def __init__(self, draw: Callable[[], tuple[torch.Tensor, object]]) -> None:
+        self._draw = draw
+        self.ids: torch.Tensor | None = None
+        self.mask = None
+
+    def __call__(self) -> torch.Tensor:
+        if self.ids is None:
+            self.ids, self.mask = self._draw()
+        return self.ids
 
 
 class ESampSampler(Sampler):
@@ -128,7 +140,7 @@ class ESampSampler(Sampler):
                 # are untouched there (no temperature, no softmax), i.e. scaled logits at T = 1.
                 stock_ids = ids
                 ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
-                                    lambda: stock_ids).to(stock_ids.dtype)
+                                    StockDraw(lambda: (stock_ids, None))).to(stock_ids.dtype)
                 _mark_greedy_mask(logits_output, sampling_info, stock_ids, ids)
                 # The parent's TP token sync ran on the stock ids; sync the explored ones too (a no-op
                 # unless SYNC_TOKEN_IDS_ACROSS_TP, which the esamp backend requires under --tp-size > 1).
@@ -140,31 +152,27 @@ class ESampSampler(Sampler):
             self._step = None
 
     def _sample_from_probs(self, probs, sampling_info, positions, simple_sampling_case):
-        mask_capture = None
-
-        def stock() -> torch.Tensor:
-            nonlocal mask_capture
+        def sglang_draw():
             with get_exec().kernel.override(sampling_backend=self.stock_backend):
-                ids, mask_capture = Sampler._sample_from_probs(self, probs, sampling_info, positions,
-                                                               simple_sampling_case)
-            return ids
+                return Sampler._sample_from_probs(self, probs, sampling_info, positions, simple_sampling_case)
 
+        stock = StockDraw(sglang_draw)
         if self._step is None:
-            return stock(), mask_capture
+            return stock(), stock.mask
         if sampling_info.sampling_mask_batch_indices is not None:
             # SGLang captures the sampling mask inside its own draw: run it now, even if ESamp
-            # redraws every row (explore_step would then skip it), and hand over its ids.
-            drawn = stock()
-            stock = lambda: drawn
+            # redraws every row (step.with_stock_rows would then skip it).
+            stock()
         # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
         # logits up to a per-row constant, which every rule and softmax over candidates ignores,
         # so the core takes log(p) of the candidates only (logits=None).
         ids = self._explore(self._step, None, probs, sampling_info, stock)
-        if mask_capture is not None:
+        mask = stock.mask
+        if mask is not None:
             # The captured selected_weight is the stock token's; SGLang's mask builder looks up the
             # weight of the token actually emitted when it is None (bit-identical for stock rows).
-            mask_capture = mask_capture._replace(selected_weight=None)
-        return ids.to(torch.int32), mask_capture  # SGLang's draws (torch and FlashInfer) are int32
+            mask = mask._replace(selected_weight=None)
+        return ids.to(torch.int32), mask  # SGLang's draws (torch and FlashInfer) are int32
 
     def _count_failure(self, reason: str) -> None:
         """A batch sampled stock because a check before launch failed: counted and logged with its
@@ -183,21 +191,20 @@ class ESampSampler(Sampler):
             self._count_failure(f"{type(exc).__name__}: {exc}")
             return None
 
-    def _explore(self, step: StepContext, logits, probs, sampling_info,
-                 stock: Callable[[], torch.Tensor]) -> torch.Tensor:
-        stock_once = _once(stock)
+    def _explore(self, step: StepContext, logits, probs, sampling_info, stock: StockDraw) -> torch.Tensor:
+        """ESamp's one entry: the step's tokens, or the stock draw's when a check or the step fails."""
         reason = launch_check(self.runtime, step, sampling_info, probs if probs is not None else logits)
         if reason is not None:
             self._count_failure(reason)
-            return stock_once()
+            return stock()
         batch = step_batch(step, sampling_info, logits, probs)
         try:
-            return explore_step(self.runtime.explorer, batch, stock_once)
+            return explore_batch(self.runtime.explorer, batch, stock)
         except Exception:  # a sampler plugin must never take the server down
             self.failures += 1
             if self.failures == 1 or self.failures % 1000 == 0:
                 logger.exception("esamp: exploration step failed (%d so far); sampling stock", self.failures)
-            return stock_once()
+            return stock()
 
 
 def launch_check(runtime: SchedulerState, step: StepContext, sampling_info, scores) -> str | None:
@@ -228,16 +235,3 @@ def _mark_greedy_mask(logits_output, sampling_info, stock_ids: torch.Tensor, ids
     changed = ids.index_select(0, rows) != stock_ids.index_select(0, rows)
     mask.statuses = torch.where(changed, torch.full_like(mask.statuses, int(SamplingMaskStatus.INVALID)),
                                 mask.statuses)
-
-
-def _once(draw: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """`draw` run at most once (the stock draw advances the engine's RNG): later calls return
-    the first result."""
-    result: list[torch.Tensor] = []
-
-    def cached() -> torch.Tensor:
-        if not result:
-            result.append(draw())
-        return result[0]
-
-    return cached

@@ -1,7 +1,7 @@
 """What a client sees: a clear 400 on a server without the esamp backend, and the telemetry on every
 response path (streaming `/generate`, `/v1/completions`), not only non-streaming `/generate` and chat.
 
-Registered in `plugin.py`; like `hooks.py`, every function is a no-op for requests without ESamp.
+Registered by `plugin.py` from the touch-point table (`touch_points.py`); like `hooks.py`, every function is a no-op for requests without ESamp.
 
 Streaming. The scheduler sends a request-level `customized_info` key of a *streaming* request only
 with its first chunk (`_GenerationStreamAccumulator.accept`: `send_token_offset == 0`), but the
@@ -90,21 +90,3 @@ def telemetry_not_concatenated(original, manager, out_list, rid, customized_info
     if customized_info_keys is not None:
         customized_info_keys = [k for k in customized_info_keys if k != TELEMETRY_KEY]
     return original(manager, out_list, rid, customized_info_keys)
-
-
-_STREAMER = "sglang.srt.managers.scheduler_components.output_streamer"
-_TOKENIZER = "sglang.srt.managers.tokenizer_manager"
-
-# (target, hook, kind as a HookType name), registered by plugin.py after hooks.validate_custom_params.
-HOOK_SPECS: tuple[tuple[str, object, str], ...] = (
-    ("sglang.srt.sampling.sampling_params.SamplingParams.verify", require_esamp_backend, "AFTER"),
-    ("sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._build_completion_response",
-     completion_response_telemetry, "AFTER"),
-    (f"{_STREAMER}._GenerationStreamAccumulator.accept", telemetry_on_final_stream_chunk, "AROUND"),
-    (f"{_TOKENIZER}._slice_streaming_output_meta_info", telemetry_not_token_sliced, "AROUND"),
-    (f"{_TOKENIZER}.TokenizerManager._coalesce_streaming_chunks", telemetry_not_concatenated, "AROUND"),
-)
-TOUCH_POINTS: dict[str, str] = {
-    "sglang.srt.runtime_context.RuntimeContext.config_leaf": "the server's sampling backend, for the 400",
-    **{target: "telemetry / backend check (runtime_patch/serving.py)" for target, _, _ in HOOK_SPECS},
-}

@@ -3,8 +3,8 @@
 RL frameworks update the served weights in place between rollouts: `/update_weights_from_disk`,
 `update_weights_from_tensor` (verl, colocated), `update_weights_from_distributed` (OpenRLHF, a NCCL
 group with the trainer) or `update_weights_from_ipc` (checkpoint-engine). Each reaches every
-scheduler as one call of `SchedulerWeightUpdaterManager.<method>`; an AFTER hook on each (TP ranks all
-run it, so the collective below is matched) re-binds the Explorer:
+scheduler as one call of `SchedulerWeightUpdaterManager.<method>`; an AFTER hook on each (registered
+from `touch_points.py`; TP ranks all run it, so the collective below is matched) re-binds the Explorer:
 
 * the LM head `d = ĥ·W_U[candidates]` is computed from. Without TP the Explorer holds the model's
   own parameter, which a loader usually overwrites in place, but a loader may also replace the
@@ -28,11 +28,6 @@ import logging
 from runtime_patch.tensor_parallel import full_lm_head_weight
 
 logger = logging.getLogger("esamp_sgl.weight_sync")
-
-MANAGER = "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager"
-UPDATE_METHODS = ("update_weights_from_disk", "update_weights_from_tensor", "update_weights_from_distributed",
-                  "update_weights_from_ipc")
-
 
 def rebind_after_weight_update(result, manager, *args, **kwargs):
     """AFTER SchedulerWeightUpdaterManager.update_weights_from_* (scheduler process)."""

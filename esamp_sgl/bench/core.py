@@ -17,7 +17,7 @@ without truncation (the latent path), the others at temperature 0.8, top-p 0.95,
 candidate path). The stock sampler is SGLang's
 torch sampler semantics (full sort per row). `stock_ms` = stock sampler alone; `esamp_step_ms` =
 the whole step as the server runs it (opcount.server_step: for `paper`, the mix before the LM head and
-explore_step), which includes the stock draw; `components_ms` times the pieces alone.
+explore_batch), which includes the stock draw; `components_ms` times the pieces alone.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ import torch
 from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.profiles import DEFAULT_PROFILE, profile_names
-from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.dlogits import distiller_logits_gather
+from esamp_sgl.core.reweight import draw_tokens, reweighted_logits
 from esamp_sgl.bench.opcount import bench_config, server_step, step_counts, unfiltered
 from esamp_sgl.core.layout import slot_layout
-from esamp_sgl.core.step import StepBatch, candidates, row_filters
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, filtered_candidates, row_filters
 
 GROUP_SIZE = 8
 
@@ -77,11 +79,12 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
         logits=scaled, temperatures=temps.to(DEVICE), top_k=torch.full((rows,), 1 << 30, device=DEVICE),
         top_p=torch.full((rows,), 1.0 if plain else 0.95, device=DEVICE),
         min_p=torch.full((rows,), 0.0 if plain else 0.05, device=DEVICE),
-        is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE), slots=slots.to(DEVICE),
-        betas=torch.full((rows,), 0.5, device=DEVICE), rules=rule, source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
-        target=torch.randn(rows, hidden, generator=gen).to(DEVICE), any_active=True,
-        probs=torch.softmax(scaled, dim=-1), unfiltered=plain,  # the engine's batch flags
-        layout=slot_layout(slots.tolist(), None, DEVICE))  # the engine's host plan
+        is_greedy=torch.zeros(rows, dtype=torch.bool, device=DEVICE),
+        plan=StepPlan(slots=slots.to(DEVICE), betas=torch.full((rows,), 0.5, device=DEVICE), any_active=True,
+                      rules=rule, layout=slot_layout(slots.tolist(), None, DEVICE)),  # the engine's host plan
+        source=torch.randn(rows, hidden, generator=gen).to(DEVICE),
+        target=torch.randn(rows, hidden, generator=gen).to(DEVICE),
+        probs=torch.softmax(scaled, dim=-1), unfiltered=plain)  # the engine's batch flags
 
 
 def _explorer(rows: int, hidden: int, vocab: int, profile: str = "bounded") -> tuple[Explorer, torch.Tensor]:
@@ -89,7 +92,7 @@ def _explorer(rows: int, hidden: int, vocab: int, profile: str = "bounded") -> t
     # A bank of exactly the groups in use: a paper Distiller at H 3584 is 66 MB of fp32 state per slot.
     cfg = bench_config(profile, hidden, max_groups=-(-rows // GROUP_SIZE))
     ex = Explorer(cfg, hidden, w.to(DEVICE), device=DEVICE)
-    slots = torch.tensor([ex.acquire_group(f"g{i // GROUP_SIZE}") for i in range(rows)], device=DEVICE)
+    slots = torch.tensor([ex.join_group(f"g{i // GROUP_SIZE}") for i in range(rows)], device=DEVICE)
     return ex, slots
 
 
@@ -119,14 +122,14 @@ def bench_case(rows: int, hidden: int, vocab: int, repeats: int, profile: str = 
         out: dict = {}
         parts["predict"].append(_ms(lambda: out.update(h=ex.bank(batch.source, batch.slots))))
         f = row_filters(batch, ex.config.greedy_min_p)
-        parts["candidates"].append(_ms(lambda: out.update(c=candidates(ex, batch, f))))
+        parts["candidates"].append(_ms(lambda: out.update(c=filtered_candidates(ex, batch, f))))
         cand = out["c"]
         n_cand.append(float(cand.keep.sum(-1).float().mean()))
         parts["reweight"].append(_ms(lambda: out.update(s=reweighted_logits(
-            cand.logits, distiller_logits(out["h"], ex.lm_head_weight, cand.ids),
+            cand.logits, distiller_logits_gather(out["h"], ex.lm_head_weight, cand.ids),
             f.temperature, batch.betas, batch.rules))))
-        parts["sample"].append(_ms(lambda: sample_candidates(out["s"], cand.ids, batch.is_greedy,
-                                                             ex.generator, ex.backend)))
+        parts["sample"].append(_ms(lambda: draw_tokens(out["s"], cand.ids, batch.is_greedy,
+                                                       ex.generator, ex.backend)))
         parts["train"].append(_ms(lambda: (ex.trainer.schedule(batch.source, batch.target,
                                                                batch.slots, batch.slots >= 0,
                                                                layout=batch.layout.train),

@@ -156,6 +156,7 @@ def bench_config(profile: str, hidden: int, **kw) -> ESampConfig:
 def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank: int,
            device: torch.device, seed: int = 0, profile: str = "bounded", train_every: int = 1):
     from esamp_sgl.core.explorer import Explorer
+    from esamp_sgl.core.plan import StepPlan
     from esamp_sgl.core.step import StepBatch
 
     gen = torch.Generator().manual_seed(seed)
@@ -172,12 +173,10 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     plain = unfiltered(cfg)  # the paper's sampling (T 1, no truncation): the latent path
     ex = Explorer(cfg, hidden, w.to(device), device=device)
     if path == "static":  # the CUDA code path, run on this device
-        ex.trim_candidates = False
-        ex.trainer.static_shapes = True
-        ex.bank.grouped = False
+        ex.host_reads.free = False
         if hasattr(ex, "d_machine"):
             ex.d_machine = "cuda"  # d by the GPU's cost model (gather or GEMM)
-    slot_list = [ex.acquire_group(f"g{i // group_size}") for i in range(rows)]
+    slot_list = [ex.join_group(f"g{i // group_size}") for i in range(rows)]
     slots = torch.tensor(slot_list, device=device)
     logits = torch.randn(rows, vocab, generator=gen) * 2.0
     peaks = torch.randint(0, vocab, (rows, 20), generator=gen)
@@ -193,26 +192,27 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
         top_p=torch.full((rows,), 1.0 if plain else 0.95, device=device),
         min_p=torch.full((rows,), 0.0 if plain else 0.05, device=device),
         is_greedy=torch.zeros(rows, dtype=torch.bool, device=device),
-        slots=slots, betas=torch.full((rows,), 1.0, device=device), rules=cfg.rule,
+        plan=StepPlan(slots=slots, betas=torch.full((rows,), 1.0, device=device), any_active=True,
+                      rules=cfg.rule, **kw),
         source=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16),
-        target=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16), any_active=True,
-        probs=torch.softmax(scaled, dim=-1), unfiltered=plain, **kw)
+        target=torch.randn(rows, hidden, generator=gen).to(device, torch.bfloat16),
+        probs=torch.softmax(scaled, dim=-1), unfiltered=plain)
     return ex, batch, slot_list
 
 
 def server_step(ex, batch, stock_sample: Callable[[], torch.Tensor]) -> torch.Tensor:
     """One decode step as the server runs it: a latent-mixing profile mixes before the LM head inside
     the engine's forward (step.mix_before_head; the LM-head pass itself is stock's cost), and the
-    sampler keeps the engine's draw for the mixed rows; the others run explore_step alone."""
+    sampler keeps the engine's draw for the mixed rows; the others run explore_batch alone."""
     from dataclasses import replace
 
-    from esamp_sgl.core.step import explore_step, mix_before_head
+    from esamp_sgl.core.step import explore_batch, mix_before_head
 
     if ex.config.latent_mixing:
         head = mix_before_head(ex, replace(batch, logits=None, probs=None))
         if head is not None:
             batch = replace(batch, h_hat=head.h_hat, premixed=head.mixed)
-    return explore_step(ex, batch, stock_sample)
+    return explore_batch(ex, batch, stock_sample)
 
 
 def step_counts(rows: int = 256, group_size: int = 8, hidden: int = 576, vocab: int = 49152,
@@ -258,10 +258,9 @@ def _per_step(report: dict, steps: int) -> dict:
 
 
 def _phase_counts(ex, batch) -> dict:
-    """The static path's step split into its phases (same calls as step.explore_step)."""
+    """The static path's step split into its phases (the calls of step.explore_step)."""
     from esamp_sgl.core import step as st
-    from esamp_sgl.core.reweight import sample_candidates
-    from esamp_sgl.core.telemetry import candidate_corr
+    from esamp_sgl.core.reweight import draw_tokens
 
     ex.trainer.wait()
     out: dict = {}
@@ -270,18 +269,16 @@ def _phase_counts(ex, batch) -> dict:
     layout = getattr(batch, "layout", None)
     kw = {"layout": layout} if layout is not None else {}
     out["predict"] = count(lambda: res.update(h=ex.bank(batch.source, batch.slots, **kw)))
-    out["candidates"] = count(lambda: res.update(c=st.candidates(ex, batch, f)))
-    out["reweight_total"] = count(lambda: res.update(rw=st.reweight(ex, batch)))  # predict..rule
+    out["candidates"] = count(lambda: res.update(c=st.filtered_candidates(ex, batch, f)))
+    out["reweight_total"] = count(lambda: res.update(rw=st.tilted_candidates(ex, batch, st.predict(ex, batch))))  # predict..rule
     rw = res["rw"]
-    out["sample"] = count(lambda: sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy,
-                                                    ex.generator, ex.backend))
+    out["sample"] = count(lambda: res.update(t=draw_tokens(rw.scores, rw.cand.ids, batch.is_greedy,
+                                                           ex.generator, ex.backend)))
     has = batch.slots >= 0
 
     def records():
-        ex.stats.record_prediction(batch.slots, has, rw.h_hat, batch.target)
-        ex.gate.update(batch.slots, has, rw.h_hat, batch.target)
-        corr, ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
-        ex.stats.record_candidates(batch.slots, has, rw.applied, rw.cand.truncated, corr, ok)
+        st.record_fit(ex, batch.slots, has, rw.h_hat, batch.target)
+        st.record_draw(ex, batch, has, res["t"], st.Explored(res["t"], rw.applied, rw.applied, rw))
     out["telemetry_and_gate"] = count(records)
     keep = ("ops", "bytes_written", "bytes_read", "host_reads")
     return {k: {m: v[m] for m in keep} for k, v in out.items()}
@@ -321,9 +318,8 @@ def warm_start_counts(positions: int = 512, hidden: int = 576, rank: int = 64, s
     gen = torch.Generator().manual_seed(seed)
     ex = Explorer(cfg, hidden, torch.zeros(8, hidden, device=device), device=device)
     if path == "static":  # as _setup: no host reads inside the step, no host-read grouping
-        ex.trainer.static_shapes = True
-        ex.bank.grouped = False
-    ex.acquire_group("g")
+        ex.host_reads.free = False
+    ex.join_group("g")
     source = torch.randn(positions, hidden, generator=gen).to(device, torch.bfloat16)
     target = torch.randn(positions, hidden, generator=gen).to(device, torch.bfloat16)
     ran: list[bool] = []

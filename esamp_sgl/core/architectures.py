@@ -21,6 +21,7 @@ from torch import Tensor
 from esamp_sgl.core import lowrank, swiglu
 
 Shapes = dict[str, tuple[int, ...]]
+Forward = Callable[[Tensor, dict[str, Tensor]], Tensor]  # x [U, n, H], p {name: [U, *shape]} -> [U, n, H]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Architecture:
     name: str
     shapes: Callable[[int, int, int], Shapes]  # (hidden, width, blocks) -> {name: shape}, in storage order
     init: Callable[[int, int, int, int], dict[str, Tensor]]  # (hidden, width, blocks, seed) -> one set
-    forward: Callable[[Tensor, dict[str, Tensor]], Tensor]
+    forward: Forward
     forward_saving: Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Any]]
     backward: Callable[[Tensor, Any, dict[str, Tensor], dict[str, Tensor]], None]
 

@@ -15,39 +15,49 @@ group's distiller therefore does not depend on which slot it landed in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from esamp_sgl.core import lowrank
-from esamp_sgl.core.architectures import architecture, param_layout, split_flat
+from esamp_sgl.core.architectures import Forward, architecture, param_layout, split_flat
 from esamp_sgl.core.config import check_rank
+from esamp_sgl.core.device import HostReads
 from esamp_sgl.core.layout import SlotLayout, layout_from_device
+from esamp_sgl.core.lowrank import DistillerInit
 
-PARAM_NAMES = tuple(lowrank.shapes(1, 1))  # the low-rank architecture's parameters, in storage order
+# How the rows of a batch are laid out for the architecture's forward: the layout code is here, the
+# formula in the architecture's module (lowrank.py, swiglu.py).
 
 
-@dataclass
-class DistillerInit:
-    """One low-rank distiller's parameters (no slot axis): a template for every slot (the SVD warm start)."""
+def distill_rows(x: Tensor, p: dict[str, Tensor], forward: Forward) -> Tensor:
+    """The Distiller with one parameter set per row (`p` [R, ...]: each row's own, gathered): a block of
+    one row per entry. x [R, H] (any float dtype); [R, H] fp32."""
+    return forward(x.to(torch.float32).unsqueeze(1), p).squeeze(1)
 
-    a: Tensor  # [H, r]
-    g: Tensor  # [H, r]
-    b: Tensor  # [r, H]
-    c: Tensor  # [r]
-    ln_w: Tensor  # [H]
-    ln_b: Tensor  # [H]
 
-    def stacked(self) -> dict[str, Tensor]:
-        """As the bank stores one slot: {name: tensor} with A|G concatenated."""
-        return {"ag": torch.cat([self.a, self.g], dim=1), "b": self.b, "c": self.c,
-                "ln_w": self.ln_w, "ln_b": self.ln_b}
+def distill_groups(x: Tensor, p: dict[str, Tensor], layout: SlotLayout, forward: Forward) -> Tensor:
+    """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
+    `layout.entries` ([U, ...]), `forward` the architecture's. Rows outside the plan get 0 (they are
+    not predicted). [R, H] fp32."""
+    u, n, hidden = layout.size, layout.width, x.shape[-1]
+    xg = x.index_select(0, layout.gather).to(torch.float32).view(u, n, hidden)
+    y = forward(xg, p).view(u * n, hidden).index_select(0, layout.position)
+    return torch.where(layout.member.unsqueeze(-1), y, 0.0)
+
+
+def bank_block_rows(slot: Tensor, offset: Tensor, n: int) -> Tensor:
+    """Where row j (`offset`, < n) of `slot`'s block lies in the whole bank's blocks stacked as
+    [(slots + 1)·n, ...]: slot·n + j (distill_bank_blocks for a batch's rows, the trainer for a plan's)."""
+    return slot * n + offset
+
+
+def into_bank_blocks(t: Tensor, rows: Tensor, blocks: int, n: int) -> Tensor:
+    """t's rows placed at `rows` (bank_block_rows) of zeroed [blocks·n, ...] whole-bank blocks."""
+    return torch.zeros(blocks * n, *t.shape[1:], dtype=t.dtype, device=t.device).index_copy_(0, rows, t)
 
 
 def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], layout: SlotLayout, sink: int,
-                        forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
+                        forward: Forward) -> Tensor:
     """The Distiller for the rows of a host plan over the whole bank: `p` = the bank's parameters
     ([slots + 1, ...] views, no copy); each row goes to block `slot·n + j` of a [slots + 1, n, H] input
     (rows outside the plan to the sink's block, whose output nothing reads). Same result as
@@ -55,20 +65,9 @@ def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], layout: SlotLayout, sin
     n, hidden = layout.width, x.shape[-1]
     blocks = next(iter(p.values())).shape[0]
     slot = layout.entry_index.index_select(0, torch.div(layout.position, n, rounding_mode="floor"))
-    where = torch.where(layout.member, slot * n + layout.position % n, sink * n)
-    xb = torch.zeros(blocks * n, hidden, device=x.device).index_copy_(0, where, x.to(torch.float32))
+    where = torch.where(layout.member, bank_block_rows(slot, layout.position % n, n), sink * n)
+    xb = into_bank_blocks(x.to(torch.float32), where, blocks, n)
     y = forward(xb.view(blocks, n, hidden), p).view(blocks * n, hidden).index_select(0, where)
-    return torch.where(layout.member.unsqueeze(-1), y, 0.0)
-
-
-def distill_groups(x: Tensor, p: dict[str, Tensor], layout: SlotLayout,
-                   forward: Callable[[Tensor, dict[str, Tensor]], Tensor]) -> Tensor:
-    """The Distiller for the rows of a host plan: x [R, H] (any float dtype), p = the parameters of
-    `layout.entries` ([U, ...]), `forward` the architecture's. Rows outside the plan get 0 (they are
-    not predicted). [R, H] fp32."""
-    u, n, hidden = layout.size, layout.width, x.shape[-1]
-    xg = x.index_select(0, layout.gather).to(torch.float32).view(u, n, hidden)
-    y = forward(xg, p).view(u * n, hidden).index_select(0, layout.position)
     return torch.where(layout.member.unsqueeze(-1), y, 0.0)
 
 
@@ -82,7 +81,7 @@ class DistillerBank:
     swiglu's intermediate size)."""
 
     def __init__(self, slots: int, hidden: int, rank: int, device: torch.device | str = "cpu",
-                 seed: int = 0, grouped: bool | None = None, distiller: str = "lowrank",
+                 seed: int = 0, host_reads: HostReads | None = None, distiller: str = "lowrank",
                  blocks: int = 1) -> None:
         self.arch = architecture(distiller)
         if distiller == "lowrank":
@@ -90,9 +89,9 @@ class DistillerBank:
         self.slots, self.hidden, self.rank, self.blocks = slots, hidden, rank, blocks
         self.sink = slots
         self.device = torch.device(device)
-        # Without a host plan, grouped prediction reads the batch's slots on the host: free on CPU
-        # only; on CUDA the fallback gathers each row's parameters instead (no sync).
-        self.grouped = self.device.type != "cuda" if grouped is None else grouped
+        # Without a host plan, rows are grouped per slot from a host read of their slots where that
+        # is free (CPU); otherwise (CUDA) each row gathers its own parameters (no sync).
+        self.host_reads = HostReads.on(self.device) if host_reads is None else host_reads
         self.shapes = self.arch.shapes(hidden, rank, blocks)
         self.layout = param_layout(self.shapes)
         self.numel = sum(math.prod(shape) for _, shape in self.layout.values())  # P
@@ -128,8 +127,8 @@ class DistillerBank:
 
         With `layout` (the host plan of the rows with a slot; see layout.py) parameters are read once
         per group and rows without a slot get 0 (nothing reads their prediction). Without it, rows
-        without a slot use the sink entry, and the rows are grouped from a host read of `slot`
-        (`grouped`, CPU) or each row gathers its parameters (CUDA, no sync)."""
+        without a slot use the sink entry, and the rows are grouped from a host read of `slot` where
+        host reads are free (`host_reads`, CPU) or each row gathers its parameters (CUDA, no sync)."""
         with torch.inference_mode(False):
             x = x.to(device=self.device)
             forward = self.arch.forward
@@ -138,9 +137,8 @@ class DistillerBank:
                     return distill_bank_blocks(x, self.params, layout, self.sink, forward)
                 return distill_groups(x, self.gather(layout.entry_index), layout, forward)
             idx = self.slot_index(slot)
-            if not self.grouped:  # one parameter set per row: a block of one row per entry
-                p = split_flat(self.flat.index_select(0, idx), self.layout)
-                return forward(x.to(torch.float32).unsqueeze(1), p).squeeze(1)
+            if not self.host_reads.free:
+                return distill_rows(x, self.gather(idx), forward)
             plan = layout_from_device(idx)
             return distill_groups(x, self.gather(plan.entry_index), plan, forward)
 

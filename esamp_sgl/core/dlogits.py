@@ -24,14 +24,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.reweight import distiller_logits
-
 # Effective machine constants for the cost model (not measured on a GPU here; see module docstring).
 MACHINES = {
     "cuda": {"bandwidth": 4.0e12, "gemm_flops": 6.0e14, "fp32_flops": 5.0e13},
     "cpu": {"bandwidth": 2.0e10, "gemm_flops": 5.0e10, "fp32_flops": 1.0e11},
 }
 D_METHODS = ("auto", "gather", "gemm")
+
+# Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
+# materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
+_CHUNK_ELEMS = 1 << 24
 
 
 def d_costs(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) -> dict[str, float]:
@@ -48,6 +50,21 @@ def d_costs(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) 
 def choose_d_method(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) -> str:
     costs = d_costs(rows, k, hidden, vocab, elt, machine)
     return "gemm" if costs["gemm"] < costs["gather"] else "gather"
+
+
+def distiller_logits_gather(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
+    """d[r, k] = ĥ[r] · W_U[cand_ids[r, k]] in fp32, gathering only the candidates' LM-head rows
+    (never a full-vocabulary projection). h_hat [R, H], lm_head_weight [V, H], cand_ids [R, K]."""
+    rows, k = cand_ids.shape
+    hidden = lm_head_weight.shape[-1]
+    h = h_hat.to(torch.float32).unsqueeze(-1)  # [R, H, 1]
+    chunk = max(1, _CHUNK_ELEMS // max(1, rows * hidden))
+    out = torch.empty(rows, k, dtype=torch.float32, device=h_hat.device)
+    for start in range(0, k, chunk):
+        ids = cand_ids[:, start:start + chunk]
+        w = lm_head_weight[ids.reshape(-1)].view(rows, ids.shape[1], hidden).to(torch.float32)
+        out[:, start:start + chunk] = torch.bmm(w, h).squeeze(-1)
+    return out
 
 
 def distiller_logits_gemm(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
@@ -69,4 +86,4 @@ def candidate_distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: 
                                  machine or h_hat.device.type)
     if method == "gemm":
         return distiller_logits_gemm(h_hat, lm_head_weight, cand_ids)
-    return distiller_logits(h_hat, lm_head_weight, cand_ids)
+    return distiller_logits_gather(h_hat, lm_head_weight, cand_ids)

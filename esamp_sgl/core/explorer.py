@@ -2,11 +2,12 @@
 the ESamp RNG and the resolved backends. The per-step recipe is `esamp_sgl.core.step.explore_step`.
 
 Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
-  acquire_group(key) when a request joins (None = bank full → the request is sampled stock),
+  join_group(key) when a request joins its fork group (None = bank full → the request is sampled
+  stock, and so is every later member while the group lives),
   warm_start_group(key, source, target) after its prefill (if prefill_warm_start is on),
-  telemetry(key) whenever wanted (reads the device; not on the hot path),
-  release_group(key) once per successful acquire when the request finishes; the last member's
-  release frees the slot, which is re-initialised (parameters, optimiser state, telemetry).
+  report(key) whenever wanted: the group's telemetry (reads the device; not on the hot path),
+  leave_group(key) once per join when the request finishes or is aborted; the last member's leave
+  frees the slot, which is re-initialised (parameters, optimiser state, telemetry).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.device import HostReads
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.gate import FitGate
 from esamp_sgl.core.groups import GroupTable
@@ -63,14 +65,18 @@ class Explorer:
         self.dtype = dtype if dtype is not None else lm_head_weight.dtype
         self.lm_head_weight = lm_head_weight.to(self.device)
         self.groups = GroupTable(config.max_groups)
+        # Whether host reads are free on this device (CPU): one object, shared by the bank and the
+        # trainer; the step reads it too (device.py lists what it decides).
+        self.host_reads = HostReads.on(self.device)
         self.bank = DistillerBank(config.max_groups, hidden_size, config.rank, self.device,
-                                  config.seed, distiller=config.distiller, blocks=config.distiller_blocks)
-        self.stats = Telemetry(config.max_groups, hidden_size, self.device)
+                                  config.seed, host_reads=self.host_reads, distiller=config.distiller,
+                                  blocks=config.distiller_blocks)
+        self.telemetry = Telemetry(config.max_groups, hidden_size, self.device)
         self.gate = FitGate(config.max_groups, hidden_size, self.device, window=config.gate_window,
                             r2_full=config.gate_r2_full, enabled=config.fit_gate)
         self.train_mode = resolve_train_mode(config.train_mode, self.device)
         self.trainer = TestTimeTrainer(
-            self.bank, self.stats, optimizer=config.optimizer, lr=config.lr,
+            self.bank, self.telemetry, optimizer=config.optimizer, lr=config.lr,
             weight_decay=config.weight_decay, steps_per_decode=config.train_steps_per_decode,
             mode=self.train_mode, adam_eps=config.adam_eps, grad_clip=config.grad_clip,
             train_every=config.train_every)
@@ -78,8 +84,6 @@ class Explorer:
         # ESamp's own draws never touch the engine's RNG, so stock rows stay bit-identical.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
-        # On CPU a host read is free: cut K to the largest candidate count of the step.
-        self.trim_candidates = self.device.type != "cuda"
         # d on the candidates: a gather of their LM-head rows or one GEMM, by a cost model on the
         # step's shapes for this machine (esamp_sgl/core/dlogits.py); "gather"/"gemm" force one.
         self.d_method = "auto"
@@ -130,24 +134,16 @@ class Explorer:
     # -- group lifecycle ------------------------------------------------------------------------
     @property
     def bank_full_count(self) -> int:
-        """Acquisitions refused because the bank was full (GroupTable.refusals)."""
+        """Joins refused a slot because the bank was full (GroupTable.refusals)."""
         return self.groups.refusals
-
-    def acquire_group(self, key: str) -> int | None:
-        return self.groups.acquire(key)
 
     def join_group(self, key: str) -> int | None:
         """A new member of `key`: its slot, or None when the group is sampled stock (bank full)."""
         return self.groups.join(key)
 
-    def leave_group(self, key: str, slot: int | None) -> int | None:
-        """A member of `key` left (`slot`: what join_group returned); the slot if it was freed (reset)."""
-        if slot is None:
-            return self.groups.leave(key, None)
-        return self.release_group(key)
-
-    def release_group(self, key: str) -> int | None:
-        slot = self.groups.release(key)
+    def leave_group(self, key: str) -> int | None:
+        """A member of `key` left; the slot if it was the last member (the slot is reset here)."""
+        slot = self.groups.leave(key)
         if slot is not None:
             self._reset_slots([slot])
         return slot
@@ -160,7 +156,7 @@ class Explorer:
         self.bank.reset_slots(idx)
         self.trainer.reset_slots(idx)
         self.trainer.forget_pending(slots)
-        self.stats.reset(idx)
+        self.telemetry.reset(idx)
         self.gate.reset(idx)
         if self.group_counts is not None:
             self.group_counts[idx] = 0
@@ -229,7 +225,7 @@ class Explorer:
             self.trainer.wait()
             h_hat = self.bank(source, plan.slots, layout=plan.layout)
             r2 = self.gate.seed(plan.slots[0], h_hat, target)
-            self.stats.record_warm_fit(plan.slots[:1], r2, source.shape[0])
+            self.telemetry.record_warm_fit(plan.slots[:1], r2, source.shape[0])
         except Exception:
             self._undo_failed_warm_start(slot)
             raise
@@ -256,7 +252,7 @@ class Explorer:
         return True
 
     # -- host reads -----------------------------------------------------------------------------
-    def telemetry(self, key: str) -> dict:
+    def report(self, key: str) -> dict:
         """The group's counters (see Telemetry.snapshot) and its gate, read with one device→host
         copy; slot None = the group has no slot."""
         slot = self.groups.slot_of(key)
@@ -266,7 +262,7 @@ class Explorer:
                "members_joined": self.groups.joined(key), "profile": self.config.profile,
                "profile_overrides": self.config.profile_overrides(), "settings": self.config.method()}
         # The gate as the group's next token would see it, and the held-out fit behind it.
-        out.update(self.stats.snapshot(slot, extra={"gate": lambda: self.gate.values()[slot],
+        out.update(self.telemetry.snapshot(slot, extra={"gate": lambda: self.gate.values()[slot],
                                                     "gate_r2": lambda: self.gate.r2()[slot]},
                                        read=self._read))
         if not math.isfinite(out["gate_r2"]):

@@ -2,10 +2,9 @@
 groups that found the bank full (sampled stock for their whole life).
 
 Every operation is O(1) and memory never grows past `capacity` slots plus the live stock groups.
-Members come and go through `join(key)` / `leave(key, slot)` (the engine's path: a group refused a
-slot stays stock while it has members, even if a slot frees up meanwhile). The lower-level
-`acquire`/`release` pair handles slotted members only: call `release(key)` exactly once for every
-`acquire(key)` that returned a slot (not for the ones that returned None).
+Members come and go through `join(key)` / `leave(key)`, once each per member: a group refused a
+slot stays stock while it has members, even if a slot frees up meanwhile; the table knows which
+kind of group a key is, so `leave` needs nothing but the key.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ class GroupTable:
         # Stack; slot 0 is handed out first, and the most recently freed slot is reused first.
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._stock: dict[str, int] = {}  # group -> members, for groups that found the bank full
-        self.refusals = 0  # acquisitions refused because the bank was full
+        self.refusals = 0  # joins refused a slot because the bank was full
 
     def join(self, key: str) -> int | None:
         """A new member of group `key`: the group's slot, or None when the group is sampled stock
@@ -30,21 +29,21 @@ class GroupTable:
         if key in self._stock:
             self._stock[key] += 1
             return None
-        slot = self.acquire(key)
+        slot = self._take_slot(key)
         if slot is None:
             self._stock[key] = 1
         return slot
 
-    def leave(self, key: str, slot: int | None) -> int | None:
-        """A member of `key` left (`slot`: what its join returned). Returns the slot when the last
-        member of a slotted group left (the caller must reset it before reuse), else None."""
-        if slot is not None:
-            return self.release(key)
-        left = self._stock[key] - 1
-        if left:
+    def leave(self, key: str) -> int | None:
+        """A member of `key` left. Returns the slot when the last member of a slotted group left
+        (the caller must reset it before reuse), else None. Unknown keys are ignored (None)."""
+        if key in self._slot:
+            return self._drop_member(key)
+        left = self._stock.get(key, 0) - 1
+        if left > 0:
             self._stock[key] = left
         else:
-            del self._stock[key]
+            self._stock.pop(key, None)
         return None
 
     def stock_members(self, key: str) -> int:
@@ -56,8 +55,9 @@ class GroupTable:
         """Live groups sampled stock because the bank was full."""
         return len(self._stock)
 
-    def acquire(self, key: str) -> int | None:
-        """The group's slot (allocating one on first use), or None when the bank is full."""
+    def _take_slot(self, key: str) -> int | None:
+        """One more member of a slotted group: its slot (allocated on first use), or None when the
+        bank is full (counted in `refusals`)."""
         slot = self._slot.get(key)
         if slot is None:
             if not self._free:
@@ -71,12 +71,9 @@ class GroupTable:
         self._joined[key] += 1
         return slot
 
-    def release(self, key: str) -> int | None:
-        """Drop one member. Returns the slot when the last member left (the caller must reset
-        it before reuse), else None. Unknown keys are ignored (returns None)."""
-        members = self._members.get(key)
-        if members is None:
-            return None
+    def _drop_member(self, key: str) -> int | None:
+        """One member of a slotted group left: the slot when it was the last (freed), else None."""
+        members = self._members[key]
         if members > 1:
             self._members[key] = members - 1
             return None

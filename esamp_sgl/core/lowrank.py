@@ -8,6 +8,8 @@ N(0, 0.02²), c = 1, LN weight 1, bias 0, so that y ≈ LN(x) at first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,6 +20,27 @@ INIT_STD = 0.02
 
 def shapes(hidden: int, rank: int, blocks: int = 1) -> dict[str, tuple[int, ...]]:
     return {"ag": (hidden, 2 * rank), "b": (rank, hidden), "c": (rank,), "ln_w": (hidden,), "ln_b": (hidden,)}
+
+
+PARAM_NAMES = tuple(shapes(1, 1))  # in storage order
+
+
+@dataclass
+class DistillerInit:
+    """One low-rank distiller's parameters (no slot axis): a template for every slot (the SVD warm start,
+    warm_start.svd_template)."""
+
+    a: Tensor  # [H, r]
+    g: Tensor  # [H, r]
+    b: Tensor  # [r, H]
+    c: Tensor  # [r]
+    ln_w: Tensor  # [H]
+    ln_b: Tensor  # [H]
+
+    def stacked(self) -> dict[str, Tensor]:
+        """As the bank stores one slot: {name: tensor} with A|G concatenated."""
+        return {"ag": torch.cat([self.a, self.g], dim=1), "b": self.b, "c": self.c,
+                "ln_w": self.ln_w, "ln_b": self.ln_b}
 
 
 def init(hidden: int, rank: int, blocks: int, seed: int) -> dict[str, Tensor]:

@@ -1,5 +1,5 @@
-"""Distiller logits on the candidates, applying the rules (rules.py) with the bounded tilt, and
-sampling from the candidates.
+"""Applying the rules (rules.py) on the candidates with the bounded tilt, and drawing a token from
+the reweighted scores. (The Distiller's logits d on the candidates: dlogits.py.)
 
 The bounded tilt. A per-token signal (the Distiller's d or the random prior) enters a rule as
 
@@ -26,10 +26,6 @@ from esamp_sgl.core.rules import BOUNDED_SIGNALS, RULE_SIGNAL, RULES
 
 TILT_FLOOR = 0.5  # σ₀ above: the least spread (nats) a bounded tilt may have, whatever the model's
 
-# Bound on the gathered LM-head block per chunk (elements), so that rows × K × H never
-# materialises at once (64 rows × 1024 candidates × 3584 would be 235 M elements).
-_CHUNK_ELEMS = 1 << 24
-
 
 def bounded_tilt(scaled_signal: Tensor, scaled_logits: Tensor, bound: float) -> Tensor:
     """δ̃ = (δ − mean_C δ) · min(1, b·max(σ_C(ℓ), σ₀)/σ_C(δ)) over each row's candidates C (finite
@@ -53,21 +49,6 @@ def random_prior_logits(vocab: int, std: float, seed: int, device: torch.device)
     """The random-prior control's fixed per-token vector [V] (seeded; bounded like d when used)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return (torch.randn(vocab, generator=gen) * std).to(device)
-
-
-def distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: Tensor) -> Tensor:
-    """d[r, k] = ĥ[r] · W_U[cand_ids[r, k]] in fp32, gathering only the candidates' LM-head rows
-    (never a full-vocabulary projection). h_hat [R, H], lm_head_weight [V, H], cand_ids [R, K]."""
-    rows, k = cand_ids.shape
-    hidden = lm_head_weight.shape[-1]
-    h = h_hat.to(torch.float32).unsqueeze(-1)  # [R, H, 1]
-    chunk = max(1, _CHUNK_ELEMS // max(1, rows * hidden))
-    out = torch.empty(rows, k, dtype=torch.float32, device=h_hat.device)
-    for start in range(0, k, chunk):
-        ids = cand_ids[:, start:start + chunk]
-        w = lm_head_weight[ids.reshape(-1)].view(rows, ids.shape[1], hidden).to(torch.float32)
-        out[:, start:start + chunk] = torch.bmm(w, h).squeeze(-1)
-    return out
 
 
 def reweighted_logits(cand_logits: Tensor, signals: Tensor | dict[str, Tensor], temperature: Tensor,
@@ -115,12 +96,13 @@ def host_mask(values: list[bool], device: torch.device) -> Tensor:
     return mask.to(device)
 
 
-def sample_candidates(scores: Tensor, cand_ids: Tensor, greedy: Tensor,
-                      generator: torch.Generator | None, backend: str = "torch") -> Tensor:
-    """Draw one token per row from softmax(scores) over the candidates (argmax for greedy rows).
-    Returns [R] int64 token ids. The torch backend uses the Gumbel-max trick with `generator`."""
+def draw_tokens(scores: Tensor, cand_ids: Tensor, greedy: Tensor,
+                generator: torch.Generator | None, backend: str = "torch") -> Tensor:
+    """Draw one token per row from softmax(scores) over the row's ids `cand_ids` (the candidates, or
+    the whole vocabulary; argmax for greedy rows). Returns [R] int64 token ids. The torch backend uses
+    the Gumbel-max trick with `generator` (ESamp's own, never the engine's)."""
     if backend != "torch":  # the resolved backend (explorer.resolve_backend): torch is the only one
-        raise ValueError(f"sample_candidates needs the resolved backend 'torch', got {backend!r}")
+        raise ValueError(f"draw_tokens needs the resolved backend 'torch', got {backend!r}")
     u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
     gumbel = -torch.log(-torch.log(u))  # u in [0, 1): finite or -inf, never +inf
     pick = torch.argmax(scores + gumbel, dim=-1)

@@ -1,4 +1,9 @@
-"""One decode step of ESamp: capture → predict → reweight → sample → train."""
+"""One decode step of ESamp, as one recipe: capture → plan → predict → candidates → tilt → sample → learn.
+
+`explore_batch` is what the engine calls (the CPU row restriction around the recipe); `explore_step`
+is the recipe, each line a named call defined below it in the order it runs. `mix_before_head` is the
+engine's second entry, inside its forward: the paper's latent mixing before the LM head.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ import torch
 from torch import Tensor
 
 from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top_k
-from esamp_sgl.core.config import DEFAULT_RULE
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.layout import SlotLayout, layout_from_device
 from esamp_sgl.core.latent import error_noise, latent_scores
-from esamp_sgl.core.reweight import host_mask, reweighted_logits, sample_candidates
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.reweight import draw_tokens, host_mask, reweighted_logits
 from esamp_sgl.core.rules import GATED_SIGNALS, LATENT_VECTOR, RULE_SIGNAL, signals_needed
 from esamp_sgl.core.telemetry import candidate_corr
 
@@ -30,17 +35,10 @@ class StepBatch:
     top_p: Tensor  # [R]
     min_p: Tensor  # [R]
     is_greedy: Tensor  # [R] bool
-    slots: Tensor  # [R] int64, -1 = no ESamp for this row (stock sampling)
-    betas: Tensor  # [R] float
+    plan: StepPlan  # each row's slot, β, rule, training and layout, planned on the host (plan.py)
     source: Tensor  # [R, H] shallow tap (any dtype)
     target: Tensor  # [R, H] deep tap (any dtype)
-    any_active: bool  # host-side: does any row have a slot? (from request metadata, no sync)
-    rules: str | Sequence[str] = DEFAULT_RULE  # one rule for the batch or one per row
     probs: Tensor | None = None  # [R, V] the engine's probabilities, if it has them
-    train: Tensor | None = None  # [R] bool: rows whose group trains (None: every row with a slot)
-    # The rows with a slot grouped per slot, planned on the host by the engine (layout.py; `.train`:
-    # the rows that train). None: built from a host read of `slots` (free on CPU, a sync on CUDA).
-    layout: SlotLayout | None = None
     # Set when the engine mixed in latent space before its LM head (mix_before_head): the prediction
     # it made there [R, H] fp32, and the rows [R] bool whose logits — and the engine's draw — already
     # carry the mix (the stock token of such a row is ESamp's).
@@ -50,14 +48,73 @@ class StepBatch:
     # without a device read); then latent mixing needs no candidate set for any row
     unfiltered: bool = False
 
+    # The plan's per-row values, read as the batch's own.
+    @property
+    def slots(self) -> Tensor:
+        return self.plan.slots  # [R] int64, -1 = no ESamp for this row (stock sampling)
+
+    @property
+    def betas(self) -> Tensor:
+        return self.plan.betas
+
+    @property
+    def rules(self) -> str | Sequence[str]:
+        return self.plan.rules
+
+    @property
+    def train(self) -> Tensor | None:
+        return self.plan.train
+
+    @property
+    def layout(self) -> SlotLayout | None:
+        return self.plan.layout
+
+    @property
+    def any_active(self) -> bool:
+        return self.plan.any_active
+
     def take(self, rows: Tensor) -> "StepBatch":
-        """The batch restricted to `rows` (a host read of `rows` for per-row rule names; the plan
+        """The batch restricted to `rows` (a host read of `rows` for per-row rule names; the layout
         is dropped and rebuilt for the restricted rows: this is the CPU path)."""
         per_row = {f.name: getattr(self, f.name) for f in fields(self)
                    if isinstance(getattr(self, f.name), Tensor)}
-        rules = self.rules if isinstance(self.rules, str) else [self.rules[i] for i in rows.tolist()]
-        return replace(self, rules=rules, layout=None,
-                       **{k: t.index_select(0, rows) for k, t in per_row.items()})
+        return replace(self, plan=self.plan.take(rows), **{k: t.index_select(0, rows) for k, t in per_row.items()})
+
+
+def explore_batch(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
+    """The engine's entry for one decode step: token ids [R]. `stock_sample` is the engine's own draw
+    for the whole batch, with the engine's RNG: a row that ESamp leaves alone (no slot, β·g = 0,
+    greedy without apply_to_greedy) gets exactly the stock token. Where host reads are free (CPU) the
+    recipe runs on the exploring rows only, once per path (explored_row_sets)."""
+    if not batch.any_active:
+        return stock_sample()
+    row_sets = explored_row_sets(ex, batch) if ex.host_reads.free else None
+    if row_sets is None:
+        return explore_step(ex, batch, stock_sample)
+    tokens = stock_sample().clone()
+    for rows in row_sets:
+        tokens[rows] = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows)).to(tokens.dtype)
+    return tokens
+
+
+def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
+    """The recipe, for a batch with exploring rows."""
+    # 1. Capture: done by the engine inside its forward -> batch.source (shallow), batch.target (deep).
+    # 2. Plan: the rows grouped per slot (the engine's host plan, or one made here where reads are free).
+    batch = planned(ex, batch)
+    has_slot = batch.slots >= 0
+    # 3. Predict the deep state from the shallow one (parameters trained through step t−1), unless the
+    #    engine did before its LM head (mix_before_head).
+    h_hat = batch.h_hat if batch.h_hat is not None else predict(ex, batch)
+    # 4-6. Candidates, tilt, sample (latent mixing for unfiltered rows): ESamp's draw, stock's elsewhere.
+    explored = sample_explored(ex, batch, h_hat)
+    tokens = with_stock_rows(ex, explored, stock_sample)
+    # 7. Learn: what was drawn, the held-out fit of ĥ, then training on this step's pairs (after
+    #    sampling; may run asynchronously).
+    record_draw(ex, batch, has_slot, tokens, explored)
+    learn_from_step(ex, batch.plan, batch.source, batch.target, h_hat, has_slot)
+    ex.mark_step()  # CUDA: where this step's work ends (non-stalling telemetry reads)
+    return tokens
 
 
 @dataclass
@@ -78,14 +135,15 @@ def row_filters(batch: StepBatch, greedy_min_p: float) -> RowFilters:
         min_p=torch.where(g, greedy_min_p, batch.min_p.float()))
 
 
-def candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
+def filtered_candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
+    """The survivors of each row's top-k / top-p / min-p on the unmodified scaled distribution."""
     return candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, ex.config.max_candidates,
-                         probs=batch.probs, trim=ex.trim_candidates)
+                         probs=batch.probs, trim=ex.host_reads.free)
 
 
 @dataclass
-class Reweighted:
-    """Steps 2-4 of the recipe for a batch: what ESamp would sample from, row by row."""
+class Tilted:
+    """The candidates and their tilt: what ESamp would sample from, row by row."""
 
     cand: CandidateSet
     scores: Tensor  # [R, K] reweighted scaled logits over cand.ids (-inf off the candidates)
@@ -97,8 +155,8 @@ class Reweighted:
 def planned(ex: Explorer, batch: StepBatch) -> StepBatch:
     """The batch with its rows grouped per slot: the engine's host plan, or one made here from a host
     read of the slots where host reads are free (CPU); on CUDA without a plan, each row gathers."""
-    if batch.layout is None and not ex.trainer.static_shapes:
-        return replace(batch, layout=layout_from_device(batch.slots, batch.train))
+    if batch.layout is None and ex.host_reads.free:
+        return replace(batch, plan=replace(batch.plan, layout=layout_from_device(batch.slots, batch.train)))
     return batch
 
 
@@ -122,19 +180,12 @@ def gated_betas(ex: Explorer, batch: StepBatch) -> Tensor:
                                                          batch.betas)
 
 
-def reweight(ex: Explorer, batch: StepBatch, h_hat: Tensor | None = None) -> Reweighted:
-    """Predict (unless `h_hat` is given), take the candidates and reweight them (the exact check
-    calls this too)."""
+def tilted_candidates(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Tilted:
+    """Candidates and tilt for the prediction `h_hat` (the exact check calls this too)."""
     cfg = ex.config
-    # 2. Predict the deep state from the shallow one, with parameters trained through step t−1.
-    if h_hat is None:
-        h_hat = predict(ex, batch)
-
-    # 3. Candidates: survivors of top-k / top-p / min-p on the unmodified scaled distribution.
     f = row_filters(batch, cfg.greedy_min_p)
-    cand = candidates(ex, batch, f)
-
-    # 4. Reweight the candidates only: d = ĥ·W_U[v] (with tilt_bound: its spread bounded by the model's
+    cand = filtered_candidates(ex, batch, f)
+    # Tilt the candidates only: d = ĥ·W_U[v] (with tilt_bound: its spread bounded by the model's
     #    own, reweight.bounded_tilt), at strength β·g where g is the group's fit (gate.py; 1 without
     #    fit_gate). The noise control reads W_U·ε (ε: Gaussian of the error's norm), gated like d; the
     #    other controls read a random prior or the group's token counts instead of d, ungated.
@@ -152,7 +203,7 @@ def reweight(ex: Explorer, batch: StepBatch, h_hat: Tensor | None = None) -> Rew
     betas = gated_betas(ex, batch)
     scores = reweighted_logits(cand.logits, signals, f.temperature, betas, batch.rules,
                                cfg.tilt_bound)
-    return Reweighted(cand, scores, applies(ex, batch, betas, h_hat), h_hat, d)
+    return Tilted(cand, scores, applies(ex, batch, betas, h_hat), h_hat, d)
 
 
 def applies(ex: Explorer, batch: StepBatch, betas: Tensor, h_hat: Tensor) -> Tensor:
@@ -249,12 +300,12 @@ def explored_row_sets(ex: Explorer, batch: StepBatch) -> list[Tensor] | None:
 
 @dataclass
 class Explored:
-    """Steps 3-5 for a batch: ESamp's tokens and which rows follow ESamp's distribution."""
+    """ESamp's draw for a batch: its tokens and which rows follow ESamp's distribution."""
 
     tokens: Tensor | None  # [R] ESamp's own draws (None: the engine drew every exploring row)
     drawn: Tensor  # [R] bool rows whose token is `tokens`
     applied: Tensor  # [R] bool rows sampled from ESamp's distribution (`drawn` and the premixed rows)
-    rw: Reweighted | None  # the candidate path, if it ran
+    rw: Tilted | None  # the candidate path, if it ran
 
 
 def every_row_latent(ex: Explorer, batch: StepBatch) -> bool:
@@ -265,80 +316,72 @@ def every_row_latent(ex: Explorer, batch: StepBatch) -> bool:
 
 
 def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Explored:
-    """Steps 3-5: reweight (candidates, or latent mixing for unfiltered rows) and draw with ESamp's
+    """Candidates and tilt (or latent mixing for unfiltered rows), then the draw with ESamp's
     own generator (greedy: argmax). Rows the engine mixed before its LM head (`batch.premixed`) are
     not drawn again: the engine's draw from W_U·h_mix is theirs."""
     latent = latent_rows(ex, batch)
     premixed = batch.premixed if latent is not None else None
     all_latent = latent is not None and (every_row_latent(ex, batch)
-                                         or (ex.trim_candidates and bool(latent.all())))  # host read: CPU only
+                                         or (ex.host_reads.free and bool(latent.all())))  # host read: CPU only
     rw = tokens = drawn = None
     if not all_latent:
-        rw = reweight(ex, batch, h_hat)
-        tokens = sample_candidates(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
+        rw = tilted_candidates(ex, batch, h_hat)
+        tokens = draw_tokens(rw.scores, rw.cand.ids, batch.is_greedy, ex.generator, ex.backend)
         drawn = rw.applied
-    if latent is not None and (all_latent or not ex.trim_candidates):
+    if latent is not None and (all_latent or not ex.host_reads.free):
         if premixed is not None:
             latent_drawn = torch.zeros_like(latent)
         else:
             scores, latent_drawn = mix_latent(ex, batch, h_hat)
             vocab_ids = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-            latent_tokens = sample_candidates(scores, vocab_ids, batch.is_greedy, ex.generator, ex.backend)
+            latent_tokens = draw_tokens(scores, vocab_ids, batch.is_greedy, ex.generator, ex.backend)
             tokens = latent_tokens if tokens is None else torch.where(latent, latent_tokens, tokens)
         drawn = latent_drawn if drawn is None else torch.where(latent, latent_drawn, drawn)
     applied = drawn if premixed is None else drawn | premixed
     return Explored(tokens, drawn, applied, rw)
 
 
-def explore_step(ex: Explorer, batch: StepBatch, stock_sample: Callable[[], Tensor]) -> Tensor:
-    """Returns this step's token ids [R]. `stock_sample` is the engine's own draw for the whole
-    batch, with the engine's RNG: a row that ESamp leaves alone (no slot, β·g = 0, greedy without
-    apply_to_greedy) gets exactly the stock token. It is called unless every row is redrawn and host
-    reads are free (CPU): then the stock draw would be discarded whole, and on CPU it is SGLang's
-    full-vocabulary sort per row, ~26 % of a SmolLM2 decode step (docs/performance.md). Skipping it
-    leaves SGLang's CPU generator unadvanced for that step, so stock rows of later batches are not
-    draw-for-draw those of a stock server (each is still a stock draw, from the same distribution)."""
-    if not batch.any_active:
-        return stock_sample()
-    if ex.trim_candidates:  # CPU, where host reads are free: do the work for the exploring rows only
-        row_sets = explored_row_sets(ex, batch)
-        if row_sets is not None:
-            tokens = stock_sample().clone()
-            for rows in row_sets:
-                explored = explore_step(ex, batch.take(rows), lambda: tokens.index_select(0, rows))
-                tokens[rows] = explored.to(tokens.dtype)
-            return tokens
-    has_slot = batch.slots >= 0
-    batch = planned(ex, batch)
+def with_stock_rows(ex: Explorer, explored: Explored, stock_sample: Callable[[], Tensor]) -> Tensor:
+    """ESamp's tokens where it drew, the engine's stock draw elsewhere. The stock draw is skipped when
+    ESamp redrew every row and host reads are free (CPU): it would be discarded whole, and on CPU it is
+    SGLang's full-vocabulary sort per row, ~26 % of a SmolLM2 decode step (docs/performance.md).
+    Skipping it leaves SGLang's CPU generator unadvanced for that step, so stock rows of later batches
+    are not draw-for-draw those of a stock server (each is still a stock draw, from the same
+    distribution)."""
+    if explored.tokens is not None and ex.host_reads.free and bool(explored.drawn.all()):  # host read: CPU
+        return explored.tokens
+    stock_tokens = stock_sample()
+    if explored.tokens is None:
+        return stock_tokens
+    return torch.where(explored.drawn, explored.tokens.to(stock_tokens.dtype), stock_tokens)
 
-    # 1. Capture: done by the engine inside the forward pass -> batch.source, batch.target.
-    # 2. Predict the deep state from the shallow one (parameters trained through step t−1), unless
-    #    the engine did before its LM head (mix_before_head).
-    h_hat = batch.h_hat if batch.h_hat is not None else predict(ex, batch)
-    # 3-5. Reweight the candidates (or mix in latent space) and draw the exploring rows.
-    out = sample_explored(ex, batch, h_hat)
-    applied, rw = out.applied, out.rw
-    if out.tokens is not None and ex.trim_candidates and bool(out.drawn.all()):  # host read: free on CPU
-        tokens = out.tokens
-    else:
-        stock_tokens = stock_sample()
-        tokens = (stock_tokens if out.tokens is None
-                  else torch.where(out.drawn, out.tokens.to(stock_tokens.dtype), stock_tokens))
 
-    # 6. Telemetry and the gate's held-out fit, then train on this step's pairs (after sampling;
-    #    may run asynchronously).
+def record_draw(ex: Explorer, batch: StepBatch, has_slot: Tensor, tokens: Tensor, explored: Explored) -> None:
+    """Telemetry of the draw: the group's token counts (baseline rules), which rows ESamp sampled,
+    truncation and the correlation of d with the model's logits on the candidates."""
     ex.count_group_tokens(batch.slots, tokens, has_slot)
-    ex.stats.record_prediction(batch.slots, has_slot, h_hat, batch.target)
-    ex.gate.update(batch.slots, has_slot, h_hat, batch.target)
+    rw = explored.rw
     if rw is not None:
         corr, corr_ok = candidate_corr(rw.d, rw.cand.logits, rw.cand.keep)
         truncated = rw.cand.truncated
     else:  # latent mixing: no candidate set, nothing truncated
         corr = truncated = corr_ok = torch.zeros_like(has_slot)
-    ex.stats.record_candidates(batch.slots, has_slot, applied, truncated, corr, corr_ok)
-    if ex.config.training and (batch.layout is None or batch.layout.train is not None):
-        trains = has_slot if batch.train is None else has_slot & batch.train
-        ex.trainer.schedule(batch.source, batch.target, batch.slots, trains,
-                            layout=None if batch.layout is None else batch.layout.train)
-    ex.mark_step()  # CUDA: where this step's work ends (non-stalling telemetry reads)
-    return tokens
+    ex.telemetry.record_candidates(batch.slots, has_slot, explored.applied, truncated, corr, corr_ok)
+
+
+def record_fit(ex: Explorer, slots: Tensor, has_slot: Tensor, h_hat: Tensor, target: Tensor) -> None:
+    """The held-out fit of the prediction made before training: telemetry and the group's fit gate."""
+    ex.telemetry.record_prediction(slots, has_slot, h_hat, target)
+    ex.gate.update(slots, has_slot, h_hat, target)
+
+
+def learn_from_step(ex: Explorer, plan: StepPlan, source: Tensor, target: Tensor, h_hat: Tensor,
+                    has_slot: Tensor) -> None:
+    """After the draw: the fit of ĥ (record_fit), then a training step on this step's (source, target)
+    pairs for the rows whose group trains (the trainer's cadence decides when it runs). The exact
+    check replays a branch's decode steps through this too."""
+    record_fit(ex, plan.slots, has_slot, h_hat, target)
+    if ex.config.training and (plan.layout is None or plan.layout.train is not None):
+        trains = has_slot if plan.train is None else has_slot & plan.train
+        ex.trainer.schedule(source, target, plan.slots, trains,
+                            layout=None if plan.layout is None else plan.layout.train)

@@ -27,15 +27,16 @@ Execution (`mode`):
 * 'cuda_stream' — the step runs on a side stream after the work queued on the current stream;
   `wait()` makes the calling stream wait on the completion event, once per stream and schedule
   (streams.StreamFence: SGLang calls wait() from the forward stream and, freeing a slot, from the
-  scheduler's; each must be ordered, not just the first to ask). No host sync anywhere
-  (`static_shapes`): the layout comes from the host plan and non-finite losses are handled with
-  device-side index writes: the slots whose loss was not finite are collected on the device and
-  reset together every NONFINITE_RESET_EVERY training steps (resetting only the bad ones would
-  need a host read; resetting through a sink row every step writes a parameter set and its
-  moments per entry, ~4× the optimiser's own parameter writes). Until then such a slot predicts
-  non-finite values, so its rows sample stock (step.applies) and its gradient is excluded.
-On CPU (`static_shapes=False`) host reads are free, so the non-finite reset runs at once, and only
-when a loss was not finite.
+  scheduler's; each must be ordered, not just the first to ask).
+
+Host reads (`host_reads`, device.HostReads). Where they are not free (CUDA) there is no host sync
+anywhere: the layout comes from the host plan and non-finite losses are handled with device-side
+index writes: the slots whose loss was not finite are collected on the device and reset together
+every NONFINITE_RESET_EVERY training steps (resetting only the bad ones would need a host read;
+resetting through a sink row every step writes a parameter set and its moments per entry, ~4× the
+optimiser's own parameter writes). Until then such a slot predicts non-finite values, so its rows
+sample stock (step.applies) and its gradient is excluded. Where host reads are free (CPU) the
+non-finite reset runs at once, and only when a loss was not finite.
 
 A slot whose loss is NaN/inf is reset to the init template, its optimiser state is zeroed and
 the telemetry counts it; the other slots in the same step are trained normally.
@@ -47,16 +48,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from esamp_sgl.core.config import check_field
 from esamp_sgl.core.architectures import split_flat
-from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.config import check_field
+from esamp_sgl.core.device import HostReads
+from esamp_sgl.core.distiller import DistillerBank, bank_block_rows, into_bank_blocks
 from esamp_sgl.core.layout import SlotLayout, layout_from_row_slots, layout_of_rows, to_device
 from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
-NONFINITE_RESET_EVERY = 32  # training steps between the static path's resets of non-finite slots
+NONFINITE_RESET_EVERY = 32  # training steps between resets of non-finite slots (host reads not free)
 MODES = ("sync", "cuda_stream")  # esamp_train_mode once "auto" is resolved (explorer.py)
+
+
+def entry_loss(diff: Tensor, coef: Tensor) -> Tensor:
+    """[U] the training loss of each entry: the mean over its rows of mean_H (f(x) − y)², from
+    diff = f(x) − y [U, n, H] and coef [U, n] (1/count at its rows, 0 at padding)."""
+    return (diff.square().mean(-1) * coef).sum(-1)
 
 
 class TestTimeTrainer:
@@ -64,7 +72,7 @@ class TestTimeTrainer:
 
     def __init__(self, bank: DistillerBank, telemetry: Telemetry, *, optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, steps_per_decode: int = 1,
-                 mode: str = "sync", static_shapes: bool | None = None, adam_eps: float = 1e-8,
+                 mode: str = "sync", host_reads: HostReads | None = None, adam_eps: float = 1e-8,
                  grad_clip: float = 0.0, train_every: int = 1) -> None:
         check_field("optimizer", optimizer)
         if mode not in MODES:
@@ -84,11 +92,12 @@ class TestTimeTrainer:
         self._pending: list[tuple[Tensor, Tensor, np.ndarray]] = []
         self._train_calls = 0
         self.mode = mode
-        # True: never read the device on the host inside a step (the CUDA path).
-        self.static_shapes = bank.device.type == "cuda" if static_shapes is None else static_shapes
+        # Not free (the CUDA path): never read the device on the host inside a step. Default: the
+        # bank's, the same object (the Explorer's), so that flipping it switches both.
+        self.host_reads = bank.host_reads if host_reads is None else host_reads
         with torch.inference_mode(False):
             self.step_count = torch.zeros(bank.slots + 1, device=bank.device)
-            self.nonfinite = torch.zeros(bank.slots + 1, device=bank.device)  # static path: slots to reset
+            self.nonfinite = torch.zeros(bank.slots + 1, device=bank.device)  # slots to reset (flush)
             self.step_rows = self.step_count.unbind(0)  # 0-d views: Adam's per-slot step counts
             # Moments as flat [slots + 1, P] blocks like the bank's parameters; the dicts are views.
             self.exp_avg_flat: Tensor | None = None
@@ -262,8 +271,9 @@ class TestTimeTrainer:
 
     def _reset_nonfinite(self, entries: Tensor, bad: Tensor) -> None:
         """Entries whose loss was not finite go back to the init template with fresh optimiser state:
-        at once on CPU; on the static path collected and reset every NONFINITE_RESET_EVERY steps."""
-        if not self.static_shapes:
+        at once where host reads are free (CPU); else collected and reset every NONFINITE_RESET_EVERY
+        steps."""
+        if self.host_reads.free:
             if bool(bad.any()):
                 self._reset_to_template(torch.where(bad, entries, self.bank.sink))
             return
@@ -273,7 +283,7 @@ class TestTimeTrainer:
             self.flush_nonfinite()
 
     def flush_nonfinite(self) -> None:
-        """Reset the collected non-finite slots (static path; no host read): every bank row writes,
+        """Reset the collected non-finite slots (no host read): every bank row writes,
         the collected ones their own row, the others the sink (whose content nothing reads)."""
         bank = self.bank
         every = torch.arange(bank.slots + 1, device=bank.device)
@@ -287,21 +297,18 @@ class TestTimeTrainer:
         self._zero_state(target)
 
     def _entry_loss(self, x: Tensor, y: Tensor, coef: Tensor, p: dict[str, Tensor]) -> Tensor:
-        """[U] per entry: the mean over its rows of mean_H (f(x) − y)² (padding weighs 0)."""
-        err = (self.bank.arch.forward(x, p) - y).square().mean(-1)  # [U, n]
-        return (err * coef).sum(-1)
+        """[U] entry_loss of the Distiller with parameters `p` (the architecture's forward) on (x, y)."""
+        return entry_loss(self.bank.arch.forward(x, p) - y, coef)
 
     def _bank_blocks(self, x: Tensor, y: Tensor, coef: Tensor,
                      layout: SlotLayout) -> tuple[Tensor, Tensor, Tensor]:
         """The plan's entry-major blocks moved to the whole bank's slot-major blocks [(slots + 1)·n]
         (the other slots' blocks: zero rows of weight 0, whose gradients nothing reads)."""
         n, blocks = layout.width, self.bank.slots + 1
-        dest = (layout.entry_index.unsqueeze(-1) * n
-                + torch.arange(n, device=coef.device)).reshape(-1)  # [U·n] slot·n + j
-
-        def move(t: Tensor) -> Tensor:
-            return torch.zeros(blocks * n, *t.shape[1:], dtype=t.dtype, device=t.device).index_copy_(0, dest, t)
-        return move(x), move(y), move(coef.reshape(-1)).view(blocks, n)
+        dest = bank_block_rows(layout.entry_index.unsqueeze(-1), torch.arange(n, device=coef.device),
+                               n).reshape(-1)  # [U·n]
+        return (into_bank_blocks(x, dest, blocks, n), into_bank_blocks(y, dest, blocks, n),
+                into_bank_blocks(coef.reshape(-1), dest, blocks, n).view(blocks, n))
 
     def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor | None,
                        coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -317,7 +324,7 @@ class TestTimeTrainer:
         grad = torch.empty(x.shape[0], bank.numel, device=x.device)
         out, saved = bank.arch.forward_saving(x, p)
         diff = out - y
-        loss = (diff.square().mean(-1) * coef).sum(-1)  # [U]
+        loss = entry_loss(diff, coef)
         # backward of Σ_u loss_u over the finite entries
         finite = (loss * 0) == 0  # isfinite in 2 kernels
         scale = torch.where(finite.unsqueeze(-1), coef, 0.0) * (2.0 / hidden)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esamp_sgl.core.config import check_rank
-from esamp_sgl.core.distiller import DistillerInit
 from esamp_sgl.core.layout import SlotLayout, layout_arrays, to_device
+from esamp_sgl.core.lowrank import DistillerInit
 from esamp_sgl.core.trainer import TestTimeTrainer
 
 _EXACT_SVD_MAX = 2048  # above this H, a randomised low-rank SVD (svd_lowrank) is used

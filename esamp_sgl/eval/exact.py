@@ -12,7 +12,7 @@ enough to enumerate, so every number here is an exact expectation:
   E[distinct answers among n] = Σ_a 1 − (1 − p_a)^n, P(1-digit answer); then mean ± s.e. over tasks
   and paired differences vs the stock arm.
 
-The ESamp arms call the server's own code: `esamp_sgl.core.step.reweight` gives what the server samples
+The ESamp arms call the server's own code: `esamp_sgl.core.step.tilted_candidates` gives what the server samples
 from at a node, and the decode steps of a node's ancestors are replayed with the server's per-step
 recipe after sampling (telemetry, the fit gate's held-out update, then training), starting from the
 group's state after its prefill warm start. Approximations (those of
@@ -52,7 +52,8 @@ from esamp_sgl.core.candidates import candidate_set
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.rules import RULE_SIGNAL
-from esamp_sgl.core.step import StepBatch, reweight
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, learn_from_step, predict, tilted_candidates
 
 STOCK = "stock"
 # Rules whose signal is the sibling samples' tokens: not a function of one branch's path.
@@ -384,14 +385,14 @@ class ESampArm:
         """A fresh group for the task (as a request gets), warm-started on the prompt's pairs if the
         config says so (the last warm_start_max_positions positions); returns its telemetry."""
         if self.key is not None:
-            self.ex.release_group(self.key)
-        slot = self.ex.acquire_group(key)
+            self.ex.leave_group(self.key)
+        slot = self.ex.join_group(key)
         assert slot is not None
         self.key, self.slot = key, slot
         keep = self.ex.config.warm_start_max_positions
         self.ex.warm_start_group(key, prompt_taps[self.source][-keep:], prompt_taps[self.target][-keep:])
         self.warm, self.stack = snapshot(self.ex), []
-        t = {k: self.ex.telemetry(key).get(k) for k in ("gate", "gate_r2", "warm_start_r2", "warm_start_steps")}
+        t = {k: self.ex.report(key).get(k) for k in ("gate", "gate_r2", "warm_start_r2", "warm_start_steps")}
         if not self.reads_state:
             t["gate"] = None  # β is applied ungated
         return t
@@ -404,12 +405,11 @@ class ESampArm:
         batch = StepBatch(
             logits=t["logits"], temperatures=t["temperatures"], top_k=t["top_k"], top_p=t["top_p"],
             min_p=t["min_p"], is_greedy=torch.zeros(r, dtype=torch.bool),
-            slots=torch.full((r,), self.slot, dtype=torch.int64),
-            betas=torch.full((r,), self.ex.config.beta),
+            plan=StepPlan(slots=torch.full((r,), self.slot, dtype=torch.int64),
+                          betas=torch.full((r,), self.ex.config.beta), any_active=True, rules=self.ex.config.rule),
             source=torch.stack([n.taps[self.source] for n in nodes]),
-            target=torch.stack([n.taps[self.target] for n in nodes]),
-            any_active=True, rules=self.ex.config.rule)
-        rw = reweight(self.ex, batch)
+            target=torch.stack([n.taps[self.target] for n in nodes]))
+        rw = tilted_candidates(self.ex, batch, predict(self.ex, batch))
         # Rows ESamp leaves alone (β·g = 0, ...) are sampled stock: softmax over the kept logits.
         return [candidate_probs(rw.cand.ids[i], rw.scores[i] if bool(rw.applied[i]) else rw.cand.logits[i])
                 for i in range(r)]
@@ -427,18 +427,14 @@ class ESampArm:
             self.stack.append((step, snapshot(self.ex)))
 
     def _replay(self, node: Node) -> None:
-        """The server's recipe after a token is sampled at `node` (step.explore_step): the held-out fit
-        of the prediction made before training, then training on this step's pair."""
+        """The server's recipe after a token is sampled at `node` (step.learn_from_step): the held-out
+        fit of the prediction made before training, then training on this step's pair."""
         ex = self.ex
-        slots = torch.tensor([self.slot])
-        mask = torch.ones(1, dtype=torch.bool)
+        plan = StepPlan(slots=torch.tensor([self.slot]), betas=torch.full((1,), ex.config.beta), any_active=True)
         source, target = node.taps[self.source][None], node.taps[self.target][None]
         ex.trainer.wait()
-        h_hat = ex.bank(source, slots)
-        ex.stats.record_prediction(slots, mask, h_hat, target)
-        ex.gate.update(slots, mask, h_hat, target)
-        if ex.config.training:
-            ex.trainer.schedule(source, target, slots, mask)
+        h_hat = ex.bank(source, plan.slots)
+        learn_from_step(ex, plan, source, target, h_hat, torch.ones(1, dtype=torch.bool))
 
     def close(self) -> None:
         self.ex.close()
@@ -616,7 +612,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"{c['depth']} tokens enumerated (branches below {c['prune']:g} under every arm pruned; the most mass "
         f"pruned for any arm and task: {pruned:.2g}); exact expectations over n = {n} independent draws. "
         "Mean ± s.e. over tasks; Δ = paired per-task difference vs stock. ESamp arms run the server's "
-        "reweighting (esamp_sgl.core.step.reweight) with each branch's Distiller, optimiser and fit gate replayed "
+        "reweighting (esamp_sgl.core.step.tilted_candidates) with each branch's Distiller, optimiser and fit gate replayed "
         "along its own path from the group's state after the prefill warm start. `esamp` = the server "
         "default ESampConfig(); the other fields of an arm are the defaults too. gate = the fit gate "
         "β_eff/β at the first generated token.", "",

@@ -114,7 +114,8 @@ def gen(
         `--sampling-backend esamp`). explore=False is exactly `sgl.gen`.
     beta: exploration strength in [0, 10] (default: the server's).
     group: an explicit ESamp group id (default: the executing state's fork group, see lineage.py).
-    rule: "contrastive" or "compensated" (default: the server's).
+    rule: a name in the rule registry, `esamp_sgl.core.rules.RULES` (the ESamp rules, their controls
+        and baselines; the config's `rule` field accepts the same names). Default: the server's.
     custom_params: other plugins' flat custom_params, passed through unchanged.
 
     With `choices=` this is `sgl.select`, which scores the choices instead of sampling: `explore`

@@ -10,8 +10,10 @@ import torch
 
 from esamp_core_refs import assert_same_candidates, ref_keep, ref_scores, softmax_dict
 from esamp_sgl.core.candidates import candidate_set, stock_keep_mask, stock_sample
-from esamp_sgl.core.reweight import distiller_logits, reweighted_logits, sample_candidates
+from esamp_sgl.core.dlogits import distiller_logits_gather
+from esamp_sgl.core.reweight import draw_tokens, reweighted_logits
 from esamp_sgl.core.rules import RULES
+from esamp_sgl.core.plan import StepPlan
 from esamp_sgl.core.step import StepBatch, row_filters
 
 TOP_KS = [0, 1, 5, 40]
@@ -23,8 +25,9 @@ COMBOS = list(itertools.product(TOP_KS, TOP_PS, MIN_PS))
 def _batch(logits, temps, top_k, top_p, min_p, greedy, betas, h):
     rows = logits.shape[0]
     return StepBatch(logits=logits, temperatures=temps, top_k=top_k, top_p=top_p, min_p=min_p,
-                     is_greedy=greedy, slots=torch.zeros(rows, dtype=torch.int64), betas=betas,
-                     source=h, target=h, any_active=True)
+                     is_greedy=greedy, plan=StepPlan(slots=torch.zeros(rows, dtype=torch.int64), betas=betas,
+                                                     any_active=True),
+                     source=h, target=h)
 
 
 def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, trim=False, bound=1.0):
@@ -32,7 +35,7 @@ def _pipeline(batch, h_hat, w, rules, greedy_min_p=0.1, max_candidates=1024, tri
     probs = torch.softmax(batch.logits.float(), dim=-1)
     cand = candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, max_candidates, probs=probs,
                          trim=trim)
-    d = distiller_logits(h_hat, w, cand.ids)
+    d = distiller_logits_gather(h_hat, w, cand.ids)
     counts = (cand.ids % 3).float()  # stand-in group counts for the baseline rules: 0, 1, 2
     signals = {"distiller": d, "noise": d.roll(1, -1), "random": d.flip(-1), "presence": (counts > 0).float(),
                "frequency": counts}
@@ -60,7 +63,7 @@ def test_reweighting_matches_slow_reference_every_filter_combination(rule, trim,
     scaled = torch.where(greedy[:, None], logits, scaled)
     batch = _batch(scaled, temps, top_k, top_p, min_p, greedy, betas, h_hat)
     f, probs, cand, scores = _pipeline(batch, h_hat, w, rule, greedy_min_p=0.2, trim=trim, bound=bound)
-    tokens = sample_candidates(scores, cand.ids, greedy, torch.Generator().manual_seed(0))
+    tokens = draw_tokens(scores, cand.ids, greedy, torch.Generator().manual_seed(0))
 
     for r in range(rows):
         p_row = probs[r].tolist()
@@ -255,8 +258,8 @@ def test_control_and_baseline_rules_follow_their_formulas():
                           reweighted_logits(scaled, torch.zeros_like(d), t, beta, "contrastive"))
 
 
-def test_distiller_logits_equal_dense_projection_and_chunk():
-    import esamp_sgl.core.reweight as rw
+def test_distiller_logits_gather_equal_dense_projection_and_chunk():
+    import esamp_sgl.core.dlogits as dl
 
     gen = torch.Generator().manual_seed(29)
     h = torch.randn(5, 24, generator=gen)
@@ -264,12 +267,12 @@ def test_distiller_logits_equal_dense_projection_and_chunk():
     ids = torch.randint(0, 700, (5, 33), generator=gen)
     dense = h @ w.float().T
     want = dense.gather(1, ids)
-    old = rw._CHUNK_ELEMS
+    old = dl._CHUNK_ELEMS
     try:
-        rw._CHUNK_ELEMS = 5 * 24 * 4  # force 4-candidate chunks
-        got = distiller_logits(h, w, ids)
+        dl._CHUNK_ELEMS = 5 * 24 * 4  # force 4-candidate chunks
+        got = distiller_logits_gather(h, w, ids)
     finally:
-        rw._CHUNK_ELEMS = old
+        dl._CHUNK_ELEMS = old
     assert got.dtype == torch.float32
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
 
@@ -278,8 +281,8 @@ def test_sampling_follows_softmax_over_candidates():
     scores = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), float("-inf")]])
     n = 40_000
     ids = torch.tensor([[10, 11, 12, 13, 14, 15]]).expand(n, 6)
-    tok = sample_candidates(scores.expand(n, 6), ids, torch.zeros(n, dtype=torch.bool),
-                            torch.Generator().manual_seed(1))
+    tok = draw_tokens(scores.expand(n, 6), ids, torch.zeros(n, dtype=torch.bool),
+                      torch.Generator().manual_seed(1))
     want = torch.softmax(scores[0], -1)
     for k in range(6):
         freq = float((tok == 10 + k).float().mean())
@@ -292,8 +295,8 @@ def test_same_generator_seed_same_samples():
     scores = torch.randn(8, 20, generator=gen)
     ids = torch.arange(20).expand(8, 20)
     greedy = torch.zeros(8, dtype=torch.bool)
-    a = sample_candidates(scores, ids, greedy, torch.Generator().manual_seed(5))
-    b = sample_candidates(scores, ids, greedy, torch.Generator().manual_seed(5))
+    a = draw_tokens(scores, ids, greedy, torch.Generator().manual_seed(5))
+    b = draw_tokens(scores, ids, greedy, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
 

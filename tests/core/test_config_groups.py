@@ -114,16 +114,16 @@ def test_explore_request_errors_name_the_field(params, message):
 
 def test_group_table_lifecycle():
     t = GroupTable(2)
-    assert t.acquire("a") == 0 and t.acquire("a") == 0 and t.members("a") == 2
-    assert t.acquire("b") == 1
-    assert t.acquire("c") is None  # full; "c" holds nothing
-    assert len(t) == t.slots_in_use == 2
-    assert t.release("c") is None  # a member that never got a slot is not one
-    assert t.release("a") is None and "a" in t
-    assert t.release("a") == 0 and "a" not in t
-    assert t.release("a") is None  # already gone
-    assert t.acquire("c") == 0  # the freed slot is reused
-    assert t.release("b") == 1 and t.release("c") == 0
+    assert t.join("a") == 0 and t.join("a") == 0 and t.members("a") == 2
+    assert t.join("b") == 1
+    assert t.join("c") is None and t.refusals == 1  # full: "c" is a stock group, holding no slot
+    assert len(t) == t.slots_in_use == 2 and t.stock_members("c") == 1
+    assert t.leave("c") is None and t.stock_groups == 0  # a stock member frees nothing
+    assert t.leave("a") is None and "a" in t
+    assert t.leave("a") == 0 and "a" not in t
+    assert t.leave("a") is None  # already gone
+    assert t.join("c") == 0  # the freed slot is reused
+    assert t.leave("b") == 1 and t.leave("c") == 0
     assert len(t) == 0
 
 
@@ -131,11 +131,11 @@ def test_group_table_memory_stays_bounded_under_churn():
     t = GroupTable(4)
     for i in range(10_000):
         key = f"g{i}"
-        assert t.acquire(key) is not None
+        assert t.join(key) is not None
         if i % 3:
-            t.acquire(key)
-            t.release(key)
-        assert t.release(key) is not None
+            t.join(key)
+            t.leave(key)
+        assert t.leave(key) is not None
     assert len(t) == 0 and len(t._free) == 4 and not t._slot and not t._members
     with pytest.raises(ValueError, match="esamp_max_groups"):
         GroupTable(0)
@@ -145,10 +145,10 @@ def test_group_table_join_leave_keeps_a_refused_group_stock_for_its_life():
     table = GroupTable(1)
     assert table.join("a") == 0
     assert table.join("b") is None and table.refusals == 1 and table.stock_groups == 1
-    assert table.leave("a", 0) == 0  # the slot is free again ...
+    assert table.leave("a") == 0  # the slot is free again ...
     assert table.join("b") is None and table.stock_members("b") == 2  # ... but b stays stock
     assert table.refusals == 1  # a stock group's later members are not new refusals
-    assert table.leave("b", None) is None and table.leave("b", None) is None
+    assert table.leave("b") is None and table.leave("b") is None
     assert table.stock_groups == 0 and table.join("b") == 0  # gone, then a fresh group
 
 

@@ -14,7 +14,8 @@ from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.layout import slot_layout
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch
 
 pytestmark = [
     pytest.mark.cuda,
@@ -29,9 +30,7 @@ def _explorer(device, **kw):
     w = torch.randn(V, H, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     ex = Explorer(cfg, H, w.to(device), device=device)
     if device == "cpu":  # the CUDA code path, on CPU
-        ex.trim_candidates = False
-        ex.trainer.static_shapes = True
-        ex.bank.grouped = False
+        ex.host_reads.free = False
     return ex
 
 
@@ -44,8 +43,9 @@ def _batch(seed, slots, train, device):
              betas=torch.full((ROWS,), 1.0), source=torch.randn(ROWS, H, generator=gen).bfloat16(),
              target=torch.randn(ROWS, H, generator=gen).bfloat16(), train=torch.tensor(train))
     b = {k: v.to(device) for k, v in b.items()}
-    return StepBatch(**b, probs=torch.softmax(b["logits"], -1), any_active=True, rules="compensated",
-                     layout=slot_layout(slots, train, device))
+    plan = StepPlan(slots=b.pop("slots"), betas=b.pop("betas"), train=b.pop("train"), any_active=True,
+                    rules="compensated", layout=slot_layout(slots, train, device))
+    return StepBatch(**b, plan=plan, probs=torch.softmax(b["logits"], -1))
 
 
 SLOTS = [0, -1, 1, 0, 1, -1, 0, 1, 2, 2, -1, 0, 1, 2, 0, -1]
@@ -54,10 +54,10 @@ TRAIN = [True, False, True, True, False, False, True, True, True, True, False, T
 
 def test_a_planned_step_makes_no_host_sync_and_matches_the_static_path_on_cpu():
     gpu, cpu = _explorer("cuda"), _explorer("cpu")
-    assert gpu.train_mode == "cuda_stream" and gpu.trainer.static_shapes
+    assert gpu.train_mode == "cuda_stream" and not gpu.host_reads.free
     for ex in (gpu, cpu):
         for g in ("a", "b", "c"):
-            ex.acquire_group(g)
+            ex.join_group(g)
     g_gpu = torch.Generator(device="cuda").manual_seed(1)
     for step in range(4):
         bg, bc = _batch(10 + step, SLOTS, TRAIN, "cuda"), _batch(10 + step, SLOTS, TRAIN, "cpu")
@@ -65,17 +65,17 @@ def test_a_planned_step_makes_no_host_sync_and_matches_the_static_path_on_cpu():
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            tok = explore_step(gpu, bg, lambda: stock_gpu)
+            tok = explore_batch(gpu, bg, lambda: stock_gpu)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        explore_step(cpu, bc, lambda: bc.probs.argmax(-1))
+        explore_batch(cpu, bc, lambda: bc.probs.argmax(-1))
         stock_rows = torch.tensor(SLOTS, device="cuda") < 0
         assert torch.equal(tok[stock_rows], stock_gpu[stock_rows])
     gpu.trainer.wait()
     torch.cuda.synchronize()
     assert torch.allclose(gpu.bank.flat.cpu(), cpu.bank.flat, atol=1e-4, rtol=1e-3)
     for key in ("a", "b", "c"):
-        a, b = gpu.telemetry(key), cpu.telemetry(key)
+        a, b = gpu.report(key), cpu.report(key)
         assert a["steps_trained"] == b["steps_trained"] == 4  # the last step's training is counted
         assert a["predictions"] == b["predictions"]
         assert a["mean_loss"] == pytest.approx(b["mean_loss"], rel=1e-3)

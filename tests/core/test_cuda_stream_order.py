@@ -22,7 +22,8 @@ from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.layout import slot_layout
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 
@@ -66,28 +67,29 @@ def _batch(slot: int, seed: int) -> StepBatch:
         top_k=torch.full((ROWS,), 50, device="cuda"), top_p=torch.full((ROWS,), 0.95, device="cuda"),
         min_p=torch.full((ROWS,), 0.02, device="cuda"),
         is_greedy=torch.zeros(ROWS, dtype=torch.bool, device="cuda"),
-        slots=torch.tensor(slots, device="cuda"), betas=torch.full((ROWS,), 1.0, device="cuda"),
+        plan=StepPlan(slots=torch.tensor(slots, device="cuda"), betas=torch.full((ROWS,), 1.0, device="cuda"),
+                      any_active=True, layout=slot_layout(slots, None, "cuda")),
         source=torch.randn(ROWS, H, generator=gen).bfloat16().cuda(),
         target=torch.randn(ROWS, H, generator=gen).bfloat16().cuda(),
-        probs=torch.softmax(logits, -1), any_active=True, layout=slot_layout(slots, None, "cuda"))
+        probs=torch.softmax(logits, -1))
 
 
 def _step(ex: Explorer, batch: StepBatch) -> None:
-    explore_step(ex, batch, lambda: batch.probs.argmax(-1))  # the engine's draw: no host read
+    explore_batch(ex, batch, lambda: batch.probs.argmax(-1))  # the engine's draw: no host read
 
 
 def _warm_up(ex: Explorer) -> None:
     """One step and one release, so that lazy initialisation is not inside the race window."""
-    slot = ex.acquire_group("warm-up")
+    slot = ex.join_group("warm-up")
     _step(ex, _batch(slot, 0))
-    ex.release_group("warm-up")
+    ex.leave_group("warm-up")
     torch.cuda.synchronize()
 
 
 def test_a_reset_on_the_scheduler_stream_waits_for_the_step_queued_on_the_forward_stream():
     ex = _explorer(training=False)  # frozen: no training for the reset to wait behind
     _warm_up(ex)
-    slot = ex.acquire_group("finished")
+    slot = ex.join_group("finished")
     batch = _batch(slot, 1)
     torch.cuda.synchronize()
     forward, scheduler = torch.cuda.Stream(), torch.cuda.Stream()
@@ -97,14 +99,14 @@ def test_a_reset_on_the_scheduler_stream_waits_for_the_step_queued_on_the_forwar
         _step(ex, batch)
         step_end.record()
     with torch.cuda.stream(scheduler):
-        assert ex.release_group("finished") == slot
+        assert ex.leave_group("finished") == slot
     window_open = not step_end.query()
     torch.cuda.synchronize()
     assert window_open, "the step completed before the reset was queued: widen WINDOW_MS"
-    assert torch.count_nonzero(ex.stats.counters[slot]) == 0  # the step's telemetry was reset
+    assert torch.count_nonzero(ex.telemetry.counters[slot]) == 0  # the step's telemetry was reset
     assert torch.count_nonzero(ex.gate.count[slot]) == 0  # and its gate
-    assert ex.acquire_group("next") == slot
-    t = ex.telemetry("next")
+    assert ex.join_group("next") == slot
+    t = ex.report("next")
     assert t["predictions"] == 0 and t["gate_r2"] is None  # nothing inherited
     ex.close()
 
@@ -112,22 +114,22 @@ def test_a_reset_on_the_scheduler_stream_waits_for_the_step_queued_on_the_forwar
 def test_the_next_step_on_the_forward_stream_waits_for_a_reset_on_the_scheduler_stream():
     ex = _explorer()  # training on: a side stream, a third one
     _warm_up(ex)
-    slot = ex.acquire_group("finished")
+    slot = ex.join_group("finished")
     _step(ex, _batch(slot, 1))
     torch.cuda.synchronize()
     forward, scheduler = torch.cuda.Stream(), torch.cuda.Stream()
     reset_end = torch.cuda.Event()
     with torch.cuda.stream(scheduler):
         _sleep_ms(WINDOW_MS)  # the reset lands only after this
-        assert ex.release_group("finished") == slot
+        assert ex.leave_group("finished") == slot
         reset_end.record()
-    assert ex.acquire_group("next") == slot
+    assert ex.join_group("next") == slot
     with torch.cuda.stream(forward):
         _step(ex, _batch(slot, 2))
     window_open = not reset_end.query()
     torch.cuda.synchronize()
     assert window_open, "the reset completed before the step was queued: widen WINDOW_MS"
-    t = ex.telemetry("next")
+    t = ex.report("next")
     assert t["predictions"] == ROWS and t["steps_trained"] == 1  # written after the reset, kept
     ex.close()
 
@@ -170,7 +172,7 @@ def test_a_wait_from_a_second_stream_keeps_the_first_streams_prediction_behind_t
 def test_a_read_before_any_step_completed_waits_for_the_step_on_its_own_stream():
     _warm_up(_explorer(training=False))  # a separate Explorer: this one has no completed step
     ex = _explorer(training=False)
-    slot = ex.acquire_group("g")
+    slot = ex.join_group("g")
     batch = _batch(slot, 1)
     torch.cuda.synchronize()
     forward = torch.cuda.Stream()
@@ -180,7 +182,7 @@ def test_a_read_before_any_step_completed_waits_for_the_step_on_its_own_stream()
         _step(ex, batch)
         step_end.record()
     window_open = not step_end.query()
-    t = ex.telemetry("g")  # from the default stream, which ran nothing of the step
+    t = ex.report("g")  # from the default stream, which ran nothing of the step
     assert window_open, "the step completed before the read: widen WINDOW_MS"
     assert t["predictions"] == ROWS
     ex.close()

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from esamp_core_refs import ref_distill
 from esamp_sgl.core import lowrank
-from esamp_sgl.core.distiller import PARAM_NAMES, DistillerBank
+from esamp_sgl.core.device import HostReads
+from esamp_sgl.core.distiller import DistillerBank
+from esamp_sgl.core.lowrank import PARAM_NAMES
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 
@@ -43,7 +45,7 @@ def _rows(slots, hidden=H, seed=0):
 
 @pytest.mark.parametrize("grouped", [True, False])  # CPU path (rows grouped by slot), GPU path
 def test_forward_matches_unbatched_reference_per_row(grouped):
-    bank = DistillerBank(3, H, R, "cpu", 0, grouped=grouped)
+    bank = DistillerBank(3, H, R, "cpu", 0, host_reads=HostReads(free=grouped))
     _perturb(bank)
     x, _, slots, _ = _rows([2, 0, -1, 1, 2, 0])
     out = bank(x, slots)
@@ -123,11 +125,12 @@ def _clone_state(trainer):
             trainer.step_count.clone())
 
 
-@pytest.mark.parametrize("static_shapes", [False, True])
+@pytest.mark.parametrize("host_reads_free", [True, False])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_slots_outside_the_batch_are_untouched(optimizer, static_shapes):
+def test_slots_outside_the_batch_are_untouched(optimizer, host_reads_free):
     bank = _bank(slots=4)
-    trainer = _trainer(bank, optimizer=optimizer, weight_decay=0.1, static_shapes=static_shapes)
+    trainer = _trainer(bank, optimizer=optimizer, weight_decay=0.1,
+                       host_reads=HostReads(free=host_reads_free))
     x, y, slots, valid = _rows([0, 2, 0, -1])
     trainer.schedule(x, y, torch.tensor([1, 1, 1, 1]), valid)  # give slot 1 some state
     params, m, s, t = _clone_state(trainer)
@@ -143,13 +146,13 @@ def test_slots_outside_the_batch_are_untouched(optimizer, static_shapes):
     assert trainer.step_count.tolist() == [3.0, 1.0, 3.0, 0.0, 0.0]  # per-slot step counts
 
 
-@pytest.mark.parametrize("static_shapes", [False, True])
-def test_training_slot_a_never_changes_slot_b(static_shapes):
+@pytest.mark.parametrize("host_reads_free", [True, False])
+def test_training_slot_a_never_changes_slot_b(host_reads_free):
     x, y, _, valid = _rows([0] * 6, seed=3)
     mixed = torch.tensor([0, 1, 0, 1, 1, 0])
     only_b = torch.tensor([-1, 1, -1, 1, 1, -1])
-    a = _trainer(_bank(), static_shapes=static_shapes)
-    b = _trainer(_bank(), static_shapes=static_shapes)
+    a = _trainer(_bank(), host_reads=HostReads(free=host_reads_free))
+    b = _trainer(_bank(), host_reads=HostReads(free=host_reads_free))
     for _ in range(4):
         a.schedule(x, y, mixed, valid)
         b.schedule(x, y, only_b, valid)
@@ -201,13 +204,13 @@ def _torch_reference(params, x, y, opt_name, lr, wd, steps):
     return {k: v.detach() for k, v in leaves.items()}
 
 
-@pytest.mark.parametrize("static_shapes", [False, True])  # in-place (CPU) and masked (GPU) update
+@pytest.mark.parametrize("host_reads_free", [True, False])  # in-place (CPU) and masked (GPU) update
 @pytest.mark.parametrize("optimizer,wd", [("adam", 0.0), ("adam", 0.05), ("adamw", 0.01),
                                           ("sgd", 0.0), ("sgd", 0.02)])
-def test_per_slot_optimizer_equals_torch_optim_per_slot(optimizer, wd, static_shapes):
+def test_per_slot_optimizer_equals_torch_optim_per_slot(optimizer, wd, host_reads_free):
     bank = _bank(slots=3)
     trainer = _trainer(bank, optimizer=optimizer, lr=1e-2, weight_decay=wd,
-                       static_shapes=static_shapes)
+                       host_reads=HostReads(free=host_reads_free))
     x, y, _, valid = _rows([0] * 5, seed=6)
     x2, y2, _, _ = _rows([0] * 5, seed=7)
     init = {k: v.clone() for k, v in bank.template.items()}
@@ -228,8 +231,8 @@ def test_static_and_unique_compaction_train_identically():
     x, y, _, _ = _rows([0] * 8, seed=8)
     slots = torch.tensor([2, 0, 2, -1, 1, 0, 2, -1])
     valid = torch.tensor([True, True, True, False, True, True, False, True])
-    a = _trainer(_bank(), static_shapes=False)
-    b = _trainer(_bank(), static_shapes=True)
+    a = _trainer(_bank(), host_reads=HostReads(free=True))
+    b = _trainer(_bank(), host_reads=HostReads(free=False))
     for _ in range(3):
         a.schedule(x, y, slots, valid)
         b.schedule(x, y, slots, valid)

@@ -15,10 +15,12 @@ import esamp_sgl.core.trainer as trainer_mod
 from esamp_core_refs import ref_distill
 from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.device import HostReads
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.layout import slot_layout, to_device
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 
@@ -59,7 +61,7 @@ def test_to_device_packs_every_array_into_one_buffer():
 
 
 def test_grouped_forward_with_a_plan_matches_the_reference_and_zeroes_rows_without_slot():
-    bank = DistillerBank(3, H, 4, "cpu", 0, grouped=False)
+    bank = DistillerBank(3, H, 4, "cpu", 0, host_reads=HostReads(free=False))
     gen = torch.Generator().manual_seed(1)
     bank.flat.add_(torch.randn(bank.flat.shape, generator=gen) * 0.3)
     slots = [2, 0, -1, 1, 2, 0, 2]
@@ -79,7 +81,7 @@ def test_grouped_forward_with_a_plan_matches_the_reference_and_zeroes_rows_witho
 def _trainers(**kw):
     def make(static):
         bank = DistillerBank(4, H, 4, "cpu", 0)
-        return TestTimeTrainer(bank, Telemetry(4, H), static_shapes=static, **kw)
+        return TestTimeTrainer(bank, Telemetry(4, H), host_reads=HostReads(free=not static), **kw)
     return make(False), make(True)
 
 
@@ -153,9 +155,7 @@ def _static_explorer(**kw):
 def _force_static(ex):
     """The CUDA code path on CPU: no candidate trimming, no host reads in training, the per-row
     prediction fallback (a plan is passed, so it is not used)."""
-    ex.trim_candidates = False
-    ex.trainer.static_shapes = True
-    ex.bank.grouped = False
+    ex.host_reads.free = False
     return ex
 
 
@@ -166,17 +166,17 @@ def _batch(gen, slots, train=None, rules="compensated"):
     return StepBatch(
         logits=logits, temperatures=torch.ones(rows), top_k=torch.full((rows,), 40),
         top_p=torch.full((rows,), 0.95), min_p=torch.full((rows,), 0.02),
-        is_greedy=torch.zeros(rows, dtype=torch.bool), slots=s, betas=torch.full((rows,), 1.0),
+        is_greedy=torch.zeros(rows, dtype=torch.bool),
+        plan=StepPlan(slots=s, betas=torch.full((rows,), 1.0), any_active=True, rules=rules,
+                      train=None if train is None else torch.tensor(train), layout=slot_layout(slots, train, "cpu")),
         source=torch.randn(rows, H, generator=gen), target=torch.randn(rows, H, generator=gen),
-        any_active=True, rules=rules, probs=torch.softmax(logits, -1),
-        train=None if train is None else torch.tensor(train),
-        layout=slot_layout(slots, train, "cpu"))
+        probs=torch.softmax(logits, -1))
 
 
 def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu_path(monkeypatch):
     cpu, static = _static_explorer(), _force_static(_static_explorer())
     for ex in (cpu, static):
-        ex.acquire_group("a"), ex.acquire_group("b")
+        ex.join_group("a"), ex.join_group("b")
     slots = [0, -1, 1, 0, 1, -1, 0, 1]
     train = [True, False, True, True, False, False, True, False]  # group b: one frozen row
     data, g_cpu, g_static, g_ref = (torch.Generator().manual_seed(s) for s in (4, 5, 5, 5))
@@ -186,20 +186,20 @@ def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu
     for _ in range(5):
         batch = _batch(data, slots, train)
         ref = stock_sample(batch.probs, batch.top_k, batch.top_p, batch.min_p, g_ref)
-        explore_step(cpu, batch, lambda: stock_sample(batch.probs, batch.top_k, batch.top_p,
+        explore_batch(cpu, batch, lambda: stock_sample(batch.probs, batch.top_k, batch.top_p,
                                                       batch.min_p, g_cpu))
         with monkeypatch.context() as m, _NoHostRead():
             for name in ("layout_from_device", "layout_of_rows"):
                 for mod in (plan_mod, step_mod, trainer_mod, distiller_mod):
                     if hasattr(mod, name):
                         m.setattr(mod, name, forbidden)
-            tokens = explore_step(static, batch, lambda: stock_sample(
+            tokens = explore_batch(static, batch, lambda: stock_sample(
                 batch.probs, batch.top_k, batch.top_p, batch.min_p, g_static))
         stock_rows = [i for i, s in enumerate(slots) if s < 0]
         assert tokens[stock_rows].tolist() == ref[stock_rows].tolist()
     assert torch.allclose(cpu.bank.flat, static.bank.flat, atol=1e-5)
     for key in ("a", "b"):
-        a, b = cpu.telemetry(key), static.telemetry(key)
+        a, b = cpu.report(key), static.report(key)
         for field in ("steps_trained", "predictions", "tokens_reweighted"):
             assert a[field] == b[field], field
         assert a["mean_loss"] == pytest.approx(b["mean_loss"], rel=1e-5)

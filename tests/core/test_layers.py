@@ -111,3 +111,21 @@ def test_module_import_graph_has_no_cycle():
     for node in sorted(edges):
         if node not in state:
             visit(node)
+
+
+def test_no_function_on_the_decode_path_is_named_like_a_module():
+    """One meaning per name: in the core and the plugin (the decode step's path), no function or method
+    shares its name with a module of either package (`step.reweight` beside `reweight.py` did).
+    Properties are attributes, not calls, and are exempt."""
+    dirs = (REPO / "esamp_sgl" / "core", REPO / "runtime_patch")
+    modules = {p.stem for d in dirs for p in d.glob("*.py") if p.stem != "__init__"}
+    clashes = []
+    for d in dirs:
+        for path in sorted(d.glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name not in modules:
+                    continue
+                if any(isinstance(dec, ast.Name) and dec.id == "property" for dec in node.decorator_list):
+                    continue
+                clashes.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not clashes, clashes

@@ -4,6 +4,8 @@ and the noise control."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,7 +13,8 @@ from esamp_sgl.core.config import ESampConfig, ExploreRequest, check_request_pro
 from esamp_sgl.core.distiller import DistillerBank
 from esamp_sgl.core.explorer import Explorer
 from esamp_sgl.core.latent import error_noise
-from esamp_sgl.core.step import StepBatch, explore_step, latent_rows, mix_before_head, mix_latent, predict
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch, latent_rows, mix_before_head, mix_latent, predict
 from esamp_sgl.core.telemetry import Telemetry
 from esamp_sgl.core.trainer import TestTimeTrainer
 from runtime_patch.settings import load_server_config
@@ -82,15 +85,16 @@ def _paper_explorer(**kw):
 
 
 def _unfiltered_batch(ex, gen, rows=4, rules="contrastive", temps=None, min_p=None):
-    slot = ex.acquire_group("g")
+    slot = ex.join_group("g")
     temps = torch.full((rows,), 0.7) if temps is None else temps
     target = torch.randn(rows, H, generator=gen)
     logits = (target @ ex.lm_head_weight.t()) / temps[:, None]  # ℓ = W·h/T: the model's own logits
     return StepBatch(logits=logits, temperatures=temps, top_k=torch.full((rows,), 1 << 30),
                      top_p=torch.ones(rows), min_p=torch.zeros(rows) if min_p is None else min_p,
                      is_greedy=torch.zeros(rows, dtype=torch.bool),
-                     slots=torch.full((rows,), slot, dtype=torch.int64), betas=torch.full((rows,), 0.25),
-                     source=torch.randn(rows, H, generator=gen), target=target, any_active=True, rules=rules)
+                     plan=StepPlan(slots=torch.full((rows,), slot, dtype=torch.int64),
+                                   betas=torch.full((rows,), 0.25), any_active=True, rules=rules),
+                     source=torch.randn(rows, H, generator=gen), target=target)
 
 
 def test_latent_mixing_equals_the_full_vocabulary_rule():
@@ -115,13 +119,13 @@ def test_rows_with_a_filter_keep_the_candidate_path_and_draw_only_survivors():
     batch = _unfiltered_batch(ex, gen, min_p=min_p)
     assert latent_rows(ex, batch).tolist() == [True, False, True, False]
     assert latent_rows(_paper_explorer(latent_mixing=False), batch) is None
-    assert latent_rows(ex, StepBatch(**{**batch.__dict__, "rules": "compensated"})) is None
+    assert latent_rows(ex, StepBatch(**{**batch.__dict__, "plan": replace(batch.plan, rules="compensated")})) is None
     probs = torch.softmax(batch.logits, -1)
     survivors = probs >= 0.2 * probs.max(-1, keepdim=True).values
     for _ in range(20):
-        tokens = explore_step(ex, batch, lambda: torch.zeros(4, dtype=torch.int64))
+        tokens = explore_batch(ex, batch, lambda: torch.zeros(4, dtype=torch.int64))
         assert survivors[1, tokens[1]] and survivors[3, tokens[3]]
-    assert ex.telemetry("g")["predictions"] == 80
+    assert ex.report("g")["predictions"] == 80
 
 
 def test_the_noise_control_has_the_errors_norm_and_no_direction():
@@ -146,8 +150,8 @@ def test_the_paper_profile_steers_from_the_first_token_and_trains_every_row():
     gen = torch.Generator().manual_seed(8)
     batch = _unfiltered_batch(ex, gen)
     stock_calls = []
-    explore_step(ex, batch, lambda: stock_calls.append(1) or torch.zeros(4, dtype=torch.int64))
-    tel = ex.telemetry("g")
+    explore_batch(ex, batch, lambda: stock_calls.append(1) or torch.zeros(4, dtype=torch.int64))
+    tel = ex.report("g")
     assert stock_calls == [] and tel["tokens_reweighted"] == 4 and tel["steps_trained"] == 1
     assert tel["profile"] == "paper" and tel["settings"]["distiller"] == "swiglu"
 
@@ -197,11 +201,11 @@ def test_premixed_rows_keep_the_engines_draw_and_still_count_and_train():
     state = ex.generator.get_state()
     engine_tokens = torch.tensor([5, 6, 7, 8])
     mixed = StepBatch(**{**batch.__dict__, "h_hat": head.h_hat, "premixed": head.mixed})
-    tokens = explore_step(ex, mixed, lambda: engine_tokens)
+    tokens = explore_batch(ex, mixed, lambda: engine_tokens)
     assert tokens[[0, 1, 3]].tolist() == [5, 6, 8]  # the mixed rows: the engine's draw
     survivors = torch.softmax(batch.logits[2], -1) >= 0.2 * torch.softmax(batch.logits[2], -1).max()
     assert survivors[tokens[2]]  # the filtered row: ESamp's candidate draw
-    tel = ex.telemetry("g")
+    tel = ex.report("g")
     # CPU: the latent and the candidate rows are two sub-steps, each trains once (explored_row_sets)
     assert tel["predictions"] == 4 and tel["tokens_reweighted"] == 4 and tel["steps_trained"] == 2
     assert not torch.equal(ex.bank.flat[0], before)
@@ -214,7 +218,7 @@ def test_an_unfiltered_batch_on_the_cuda_path_runs_no_candidate_set_and_no_secon
     from esamp_sgl.bench.opcount import OpCounter
 
     ex = _paper_explorer()
-    ex.trim_candidates, ex.trainer.static_shapes = False, True  # the CUDA code path, on the CPU
+    ex.host_reads.free = False  # the CUDA code path, on the CPU
     batch = _unfiltered_batch(ex, torch.Generator().manual_seed(9))
     batch = StepBatch(**{**batch.__dict__, "unfiltered": True})
     with OpCounter() as in_forward:
@@ -222,7 +226,7 @@ def test_an_unfiltered_batch_on_the_cuda_path_runs_no_candidate_set_and_no_secon
     mixed = StepBatch(**{**batch.__dict__, "h_hat": head.h_hat, "premixed": head.mixed})
     engine_tokens = torch.tensor([1, 2, 3, 4])
     with OpCounter() as counter:
-        tokens = explore_step(ex, mixed, lambda: engine_tokens)
+        tokens = explore_batch(ex, mixed, lambda: engine_tokens)
     assert torch.equal(tokens, engine_tokens)
     assert not {"topk", "sort", "mm"} & set(counter.by_op), counter.by_op
     assert in_forward.host_reads == 0 and counter.host_reads == 0  # no sync inside the forward or after

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from esamp_core_refs import ref_keep, ref_scores
 from esamp_sgl.core.candidates import candidate_set, stock_sample
 from esamp_sgl.core.config import ESampConfig
+from esamp_sgl.core.dlogits import distiller_logits_gather
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.reweight import distiller_logits, reweighted_logits
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.reweight import reweighted_logits
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch
 from esamp_sgl.core.telemetry import Telemetry, candidate_corr
 
 H, V = 16, 300
@@ -38,9 +40,10 @@ def _batch(gen, slots, betas, greedy=None, temps=None, top_k=None, top_p=None, m
         top_k=torch.full((rows,), 40) if top_k is None else top_k,
         top_p=torch.full((rows,), 0.95) if top_p is None else top_p,
         min_p=torch.full((rows,), 0.02) if min_p is None else min_p,
-        is_greedy=greedy, slots=slots, betas=torch.tensor(betas, dtype=torch.float32),
+        is_greedy=greedy,
+        plan=StepPlan(slots=slots, betas=torch.tensor(betas, dtype=torch.float32),
+                      any_active=bool((slots >= 0).any()), rules=rules),
         source=torch.randn(rows, H, generator=gen), target=torch.randn(rows, H, generator=gen),
-        any_active=bool((slots >= 0).any()), rules=rules,
         probs=torch.softmax(scaled, dim=-1))
 
 
@@ -54,7 +57,7 @@ def _stock(batch, gen):
 
 def test_rows_without_slot_or_with_beta_zero_are_bit_identical_to_stock():
     ex = _explorer(train_mode="sync")
-    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    a, b = ex.join_group("a"), ex.join_group("b")
     slots = [a, -1, a, b, b, -1, a, b]
     betas = [0.8, 0.8, 0.0, 2.0, 0.0, 0.0, 1.0, 0.5]
     greedy = [False, False, False, False, False, True, True, False]  # a greedy row with a slot too
@@ -62,7 +65,7 @@ def test_rows_without_slot_or_with_beta_zero_are_bit_identical_to_stock():
     changed = 0
     for _ in range(12):
         batch = _batch(data_gen, slots, betas, greedy=greedy)
-        tokens = explore_step(ex, batch, _stock(batch, stock_gen))
+        tokens = explore_batch(ex, batch, _stock(batch, stock_gen))
         ref = _stock(batch, ref_gen)()
         esamp_rows = [i for i in range(8) if slots[i] >= 0 and betas[i] > 0 and not greedy[i]]
         for i in range(8):
@@ -75,9 +78,9 @@ def test_rows_without_slot_or_with_beta_zero_are_bit_identical_to_stock():
         for i in esamp_rows:
             assert int(tokens[i]) in set(cand.ids[i][cand.keep[i]].tolist())
     assert changed > 0  # the ESamp rows really are sampled differently
-    assert ex.telemetry("a")["tokens_reweighted"] == 12  # row 0 only (row 2: β=0, row 6: greedy)
-    assert ex.telemetry("b")["tokens_reweighted"] == 24  # rows 3 and 7
-    assert ex.telemetry("a")["steps_trained"] == 12
+    assert ex.report("a")["tokens_reweighted"] == 12  # row 0 only (row 2: β=0, row 6: greedy)
+    assert ex.report("b")["tokens_reweighted"] == 24  # rows 3 and 7
+    assert ex.report("a")["steps_trained"] == 12
     ex.close()
 
 
@@ -86,7 +89,7 @@ def test_inactive_batch_returns_stock_tokens_and_does_nothing():
     batch = _batch(torch.Generator().manual_seed(3), [-1, -1, -1], [0.5, 0.5, 0.5])
     assert not batch.any_active
     before = {k: v.clone() for k, v in ex.bank.params.items()}
-    tokens = explore_step(ex, batch, _stock(batch, torch.Generator().manual_seed(4)))
+    tokens = explore_batch(ex, batch, _stock(batch, torch.Generator().manual_seed(4)))
     assert torch.equal(tokens, _stock(batch, torch.Generator().manual_seed(4))())
     for k, v in ex.bank.params.items():
         assert torch.equal(v, before[k])
@@ -104,11 +107,11 @@ def test_the_stock_draw_runs_only_when_some_row_keeps_its_stock_token():
         return run
 
     ex = _explorer()
-    a = ex.acquire_group("a")
+    a = ex.join_group("a")
     for betas, expected_calls in (([1.0, 1.0, 1.0], 0), ([1.0, 0.0, 1.0], 1)):
         calls = []
         batch = _batch(torch.Generator().manual_seed(5), [a, a, a], betas)
-        tokens = explore_step(ex, batch, counted(batch, torch.Generator().manual_seed(6)))
+        tokens = explore_batch(ex, batch, counted(batch, torch.Generator().manual_seed(6)))
         assert len(calls) == expected_calls
         assert tokens.shape == (3,) and tokens.dtype == torch.int64
         if expected_calls:
@@ -119,14 +122,14 @@ def test_the_stock_draw_runs_only_when_some_row_keeps_its_stock_token():
 @pytest.mark.parametrize("rule", ["contrastive", "compensated"])
 def test_greedy_rows_take_the_argmax_of_the_reweighted_logits_when_asked(rule):
     ex = _explorer(apply_to_greedy=True, greedy_min_p=0.05, rule=rule)
-    s = ex.acquire_group("g")
+    s = ex.join_group("g")
     gen = torch.Generator().manual_seed(5)
     for _ in range(3):
         batch = _batch(gen, [s, s, s, -1], [1.5, 1.5, 0.0, 1.5], greedy=[True, True, True, True],
                        rules=rule)
         ex.trainer.wait()
         h_hat = ex.bank(batch.source, batch.slots)
-        tokens = explore_step(ex, batch, _stock(batch, torch.Generator().manual_seed(0)))
+        tokens = explore_batch(ex, batch, _stock(batch, torch.Generator().manual_seed(0)))
         for i in range(4):
             if i >= 2:  # β = 0 and no slot: the stock argmax
                 assert int(tokens[i]) == int(batch.logits[i].argmax())
@@ -140,12 +143,12 @@ def test_greedy_rows_take_the_argmax_of_the_reweighted_logits_when_asked(rule):
 
 def test_greedy_rows_untouched_by_default():
     ex = _explorer()
-    s = ex.acquire_group("g")
+    s = ex.join_group("g")
     batch = _batch(torch.Generator().manual_seed(6), [s, s], [3.0, 3.0], greedy=[True, True])
-    tokens = explore_step(ex, batch, _stock(batch, None))
+    tokens = explore_batch(ex, batch, _stock(batch, None))
     assert torch.equal(tokens, batch.logits.argmax(-1))
-    assert ex.telemetry("g")["tokens_reweighted"] == 0
-    assert ex.telemetry("g")["steps_trained"] == 1  # still trains on the greedy rows' pairs
+    assert ex.report("g")["tokens_reweighted"] == 0
+    assert ex.report("g")["steps_trained"] == 1  # still trains on the greedy rows' pairs
 
 
 def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
@@ -157,8 +160,8 @@ def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
     fresh = _explorer(lr=1e-2, beta=1.0)
     w = ex.lm_head_weight
     tok_a, tok_b = 7, 42
-    s = ex.acquire_group("seen")
-    fresh.acquire_group("seen")
+    s = ex.join_group("seen")
+    fresh.join_group("seen")
     x_rep = F.layer_norm(torch.randn(H, generator=gen), (H,))
     y_rep = F.layer_norm(w[tok_a], (H,))  # the deep state that produced token a
 
@@ -171,7 +174,7 @@ def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
         batch = _batch(gen, [s] * rows, [1.0] * rows)
         batch.source = x_rep + 0.05 * torch.randn(rows, H, generator=gen)
         batch.target = y_rep.expand(rows, H)
-        explore_step(ex, batch, _stock(batch, gen))
+        explore_batch(ex, batch, _stock(batch, gen))
     ex.trainer.wait()
     slot = torch.full((1,), s)
     err_seen = float((ex.bank(x_rep[None], slot) - y_rep).square().mean())
@@ -188,7 +191,7 @@ def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
         h_hat = explorer.bank(x_rep[None], slot)
         cand = candidate_set(logits, torch.zeros(1, dtype=torch.int64), torch.ones(1),
                              torch.full((1,), 0.01), 16)
-        d = distiller_logits(h_hat, explorer.lm_head_weight, cand.ids)
+        d = distiller_logits_gather(h_hat, explorer.lm_head_weight, cand.ids)
         p = torch.softmax(reweighted_logits(cand.logits, d, torch.ones(1), torch.ones(1),
                                             "contrastive", bound), -1)[0]
         ids = cand.ids[0].tolist()
@@ -204,38 +207,39 @@ def test_novelty_repeated_patterns_become_predictable_and_are_demoted():
 
 def test_slot_lifecycle_capacity_and_reinit_on_reuse():
     ex = _explorer(max_groups=2)
-    a = ex.acquire_group("a")
-    assert ex.acquire_group("a") == a  # a second member shares the slot
-    b = ex.acquire_group("b")
+    a = ex.join_group("a")
+    assert ex.join_group("a") == a  # a second member shares the slot
+    b = ex.join_group("b")
     assert {a, b} == {0, 1}
-    assert ex.acquire_group("c") is None and ex.bank_full_count == 1  # full → stock sampling
-    assert ex.telemetry("c") == {"group": "c", "slot": None}
+    assert ex.join_group("c") is None and ex.bank_full_count == 1  # full → stock sampling
+    assert ex.report("c") == {"group": "c", "slot": None}
     gen = torch.Generator().manual_seed(9)
     for _ in range(3):
         batch = _batch(gen, [a, a, b, -1], [0.5, 0.5, 0.5, 0.5])
-        explore_step(ex, batch, _stock(batch, gen))
-    assert ex.telemetry("a")["steps_trained"] == 3
-    assert ex.release_group("a") is None  # one member left
-    assert ex.release_group("a") == a  # last member: slot freed and re-initialised
-    c = ex.acquire_group("c")
+        explore_batch(ex, batch, _stock(batch, gen))
+    assert ex.report("a")["steps_trained"] == 3
+    assert ex.leave_group("a") is None  # one member left
+    assert ex.leave_group("a") == a  # last member: slot freed and re-initialised
+    assert ex.leave_group("c") is None  # the stock group's member leaves: the group is gone
+    c = ex.join_group("c")
     assert c == a
     for k, v in ex.bank.params.items():
         assert torch.equal(v[c], ex.bank.template[k])
         assert float(ex.trainer.exp_avg[k][c].abs().sum()) == 0.0
     assert float(ex.trainer.step_count[c]) == 0.0
-    snap = ex.telemetry("c")
+    snap = ex.report("c")
     assert snap["steps_trained"] == 0 and snap["predictions"] == 0 and snap["mean_loss"] is None
-    assert ex.telemetry("b")["steps_trained"] == 3  # the other group kept its state
+    assert ex.report("b")["steps_trained"] == 3  # the other group kept its state
 
 
 def test_group_counts_follow_each_groups_tokens_and_reset_with_the_slot():
     ex = _explorer(max_groups=3)
-    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    a, b = ex.join_group("a"), ex.join_group("b")
     gen = torch.Generator().manual_seed(41)
     seen = {a: torch.zeros(V), b: torch.zeros(V)}
     for step in range(4):
         batch = _batch(gen, [a, b, a, -1], [1.0, 1.0, 1.0, 0.0], rules="group_presence")
-        tokens = explore_step(ex, batch, _stock(batch, gen))
+        tokens = explore_batch(ex, batch, _stock(batch, gen))
         for row, slot in enumerate([a, b, a]):
             seen[slot][tokens[row]] += 1
     assert torch.equal(ex.group_counts[a], seen[a]) and torch.equal(ex.group_counts[b], seen[b])
@@ -245,24 +249,24 @@ def test_group_counts_follow_each_groups_tokens_and_reset_with_the_slot():
                    top_p=torch.ones(2), min_p=torch.zeros(2))
     batch.logits = torch.zeros(2, V)  # flat: every token is a candidate with the same logit
     batch.probs = torch.softmax(batch.logits, -1)
-    tokens = explore_step(ex, batch, _stock(batch, gen))
+    tokens = explore_batch(ex, batch, _stock(batch, gen))
     assert all(seen[a][t] == 0 for t in tokens.tolist())
-    ex.release_group("a")
+    ex.leave_group("a")
     assert float(ex.group_counts[a].sum()) == 0.0
 
 
 def test_frozen_rows_do_not_train_their_group():
     ex = _explorer()
-    frozen, trained = ex.acquire_group("frozen"), ex.acquire_group("trained")
+    frozen, trained = ex.join_group("frozen"), ex.join_group("trained")
     before = {k: v[frozen].clone() for k, v in ex.bank.params.items()}
     gen = torch.Generator().manual_seed(43)
     for _ in range(3):
         batch = _batch(gen, [frozen, trained, frozen], [1.0, 1.0, 1.0])
-        batch.train = torch.tensor([False, True, False])
-        explore_step(ex, batch, _stock(batch, gen))
-    assert ex.telemetry("frozen")["steps_trained"] == 0
-    assert ex.telemetry("frozen")["predictions"] == 6  # still predicts and reweights
-    assert ex.telemetry("trained")["steps_trained"] == 3
+        batch.plan.train = torch.tensor([False, True, False])
+        explore_batch(ex, batch, _stock(batch, gen))
+    assert ex.report("frozen")["steps_trained"] == 0
+    assert ex.report("frozen")["predictions"] == 6  # still predicts and reweights
+    assert ex.report("trained")["steps_trained"] == 3
     assert all(torch.equal(v[frozen], before[k]) for k, v in ex.bank.params.items())
 
 
@@ -274,17 +278,17 @@ def _gated_run(ex, gen, slots, steps, beta=3.0):
         state = gen.get_state()
         stock = _stock(batch, gen)()
         gen.set_state(state)
-        out.append((explore_step(ex, batch, _stock(batch, gen)), stock))
+        out.append((explore_batch(ex, batch, _stock(batch, gen)), stock))
     return out
 
 
 def test_a_distiller_at_init_leaves_every_token_exactly_stock():
     ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0), H,
                   torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
-    a = ex.acquire_group("a")
+    a = ex.join_group("a")
     (tokens, stock), = _gated_run(ex, torch.Generator().manual_seed(47), [a, a, a], 1)
     assert torch.equal(tokens, stock)
-    t = ex.telemetry("a")
+    t = ex.report("a")
     assert t["gate"] == 0.0 and t["gate_r2"] is None and t["tokens_reweighted"] == 0
 
 
@@ -295,7 +299,7 @@ def test_gate_follows_the_held_out_fit_and_opens_after_a_good_warm_start():
     ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0, gate_window=4, gate_r2_full=0.5,
                               warm_start_steps=200, warm_start_lr=1e-2), H,
                   torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
-    a = ex.acquire_group("a")
+    a = ex.join_group("a")
     # A learnable map: target = LN(source @ M) for a fixed M.
     m = torch.randn(H, H, generator=gen) / H ** 0.5
 
@@ -304,7 +308,7 @@ def test_gate_follows_the_held_out_fit_and_opens_after_a_good_warm_start():
         return x, F.layer_norm(x @ m, (H,))
     xs, ys = pairs(64)
     assert ex.warm_start_group("a", xs, ys)
-    t = ex.telemetry("a")
+    t = ex.report("a")
     h = ex.bank(xs, torch.full((64,), a))
     sse = float((h - ys).square().sum(-1).mean())
     sst = float((ys - ys.mean(0)).square().sum(-1).mean())
@@ -319,12 +323,12 @@ def test_gate_follows_the_held_out_fit_and_opens_after_a_good_warm_start():
     batch = _batch(gen, [a] * 3, [3.0] * 3, rules="compensated")
     batch.source, batch.target = x1, y1
     pred = ex.bank(x1, torch.full((3,), a))
-    explore_step(ex, batch, _stock(batch, gen))
+    explore_batch(ex, batch, _stock(batch, gen))
     step_sse = float((pred - y1).square().sum(-1).mean())
     step_sst = float((y1 - mu).square().sum(-1).mean())
     ema_sse += 0.25 * (step_sse - ema_sse)
     ema_sst += 0.25 * (step_sst - ema_sst)
-    t = ex.telemetry("a")
+    t = ex.report("a")
     assert t["gate_r2"] == pytest.approx(1 - ema_sse / ema_sst, rel=1e-4)
     assert t["tokens_reweighted"] == 3  # the gate was open for this step
     assert torch.allclose(ex.gate.mean_target[a], (mu * count + y1.sum(0)) / (count + 3), atol=1e-5)
@@ -334,26 +338,26 @@ def test_gate_stays_shut_for_an_unlearnable_stream_and_controls_are_not_gated():
     gen = torch.Generator().manual_seed(6)
     ex = Explorer(ESampConfig(rank=8, max_groups=4, beta=3.0, prefill_warm_start=False), H,
                   torch.randn(V, H, generator=torch.Generator().manual_seed(123)), device="cpu")
-    a, b = ex.acquire_group("a"), ex.acquire_group("b")
+    a, b = ex.join_group("a"), ex.join_group("b")
     for tokens, stock in _gated_run(ex, gen, [a, a], 6):  # targets are noise: R̄² < 0
         assert torch.equal(tokens, stock)
-    assert ex.telemetry("a")["gate"] == 0.0 and ex.telemetry("a")["gate_r2"] < 0
+    assert ex.report("a")["gate"] == 0.0 and ex.report("a")["gate_r2"] < 0
     # The random prior and temperature after truncation are baselines: ungated from the first token.
     batch = _batch(gen, [b, b], [3.0, 3.0], rules=["random_prior", "temperature_after_truncation"])
-    explore_step(ex, batch, _stock(batch, gen))
-    assert ex.telemetry("b")["tokens_reweighted"] == 2
+    explore_batch(ex, batch, _stock(batch, gen))
+    assert ex.report("b")["tokens_reweighted"] == 2
 
 
 def test_explore_step_under_inference_mode():
     with torch.inference_mode():
         ex = _explorer()
-        s = ex.acquire_group("g")
+        s = ex.join_group("g")
         gen = torch.Generator().manual_seed(10)
         for _ in range(2):
             batch = _batch(gen, [s, s], [0.5, 0.5])
-            explore_step(ex, batch, _stock(batch, gen))
-        ex.release_group("g")
-    assert ex.telemetry("g") == {"group": "g", "slot": None}
+            explore_batch(ex, batch, _stock(batch, gen))
+        ex.leave_group("g")
+    assert ex.report("g") == {"group": "g", "slot": None}
 
 
 def test_telemetry_r2_and_corr_match_direct_formulas():

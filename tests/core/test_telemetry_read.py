@@ -34,11 +34,11 @@ def test_snapshot_reads_all_counters_and_extras_in_one_copy():
 
 def test_explorer_telemetry_is_one_read_with_the_gate():
     ex = Explorer(ESampConfig(rank=4, max_groups=2), 8, torch.randn(50, 8), device="cpu")
-    ex.acquire_group("g")
+    ex.join_group("g")
     calls = []
     real = ex._read
     ex._read = lambda build: (calls.append(1), real(build))[1]
-    t = ex.telemetry("g")
+    t = ex.report("g")
     assert calls == [1] and t["gate"] == 0.0 and t["gate_r2"] is None and t["predictions"] == 0
 
 

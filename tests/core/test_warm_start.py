@@ -33,8 +33,8 @@ def test_prefill_warm_start_lowers_error_on_held_out_pairs_of_the_prompt():
     x, y = _prompt_pairs(40, gen)
     train, held = slice(0, 30), slice(30, 40)
     ex = _explorer()
-    s = ex.acquire_group("p")
-    other = ex.acquire_group("q")
+    s = ex.join_group("p")
+    other = ex.join_group("q")
     slots = torch.full((10,), s)
 
     def held_out_error():
@@ -46,7 +46,7 @@ def test_prefill_warm_start_lowers_error_on_held_out_pairs_of_the_prompt():
     assert ex.warm_start_group("p", x[train], y[train])
     after = held_out_error()
     assert after < 0.8 * before  # measured: 0.50 -> 0.34 with 30 pairs, 50 steps at lr 3e-3
-    snap = ex.telemetry("p")
+    snap = ex.report("p")
     assert snap["warm_start_steps"] == 50
     assert snap["warm_start_loss_after"] < snap["warm_start_loss_before"]
     assert snap["steps_trained"] == 0  # decode-time counters are separate
@@ -61,7 +61,7 @@ def test_prefill_warm_start_is_a_no_op_when_off_or_without_slot():
     gen = torch.Generator().manual_seed(1)
     x, y = _prompt_pairs(8, gen)
     ex = _explorer(prefill_warm_start=False)
-    s = ex.acquire_group("p")
+    s = ex.join_group("p")
     before = ex.bank.slot_params(s)
     assert not ex.warm_start_group("p", x, y)
     assert not _explorer().warm_start_group("never-acquired", x, y)
@@ -118,7 +118,7 @@ def test_explorer_svd_warm_start_only_when_enabled_and_before_groups():
     assert not off.load_svd_template(w_gate, w_up, w_down)
     on = _explorer(svd_warm_start=True)
     assert on.load_svd_template(w_gate, w_up, w_down)
-    s = on.acquire_group("g")
+    s = on.join_group("g")
     assert torch.equal(on.bank.params["b"][s], on.bank.template["b"])
     assert float(on.bank.template["ag"][:, 8:].abs().sum()) == 0.0  # G = 0
     with pytest.raises(RuntimeError, match="before any group"):
@@ -153,7 +153,7 @@ def test_warm_start_result_equals_hand_written_adam_and_the_per_position_path():
     x, y = _prompt_pairs(6, gen)
     kw = dict(optimizer="adam", weight_decay=0.0, grad_clip=0.0, warm_start_steps=4, warm_start_lr=1e-2)
     ex, old = _explorer(**kw), _explorer(**kw)
-    s, s_old = ex.acquire_group("p"), old.acquire_group("p")
+    s, s_old = ex.join_group("p"), old.join_group("p")
     expected = _hand_adam_warm_start(ex, s, x, y, 4, 1e-2)
     assert ex.warm_start_group("p", x, y)
     # The old path: per-row slots and a plan read back from the device.
@@ -168,8 +168,8 @@ def test_warm_start_result_equals_hand_written_adam_and_the_per_position_path():
     sst = (y - y.mean(0)).square().sum(-1).mean()
     torch.testing.assert_close(ex.gate.ema_sse[s], sse, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ex.gate.ema_sst[s], sst, atol=1e-5, rtol=1e-5)
-    assert ex.telemetry("p")["warm_start_r2"] == pytest.approx(float(1 - sse / sst), abs=1e-5)
-    assert ex.telemetry("p")["warm_start_failed"] is False
+    assert ex.report("p")["warm_start_r2"] == pytest.approx(float(1 - sse / sst), abs=1e-5)
+    assert ex.report("p")["warm_start_failed"] is False
 
 
 def test_warm_start_reads_nothing_on_the_host_and_its_launches_do_not_grow_with_the_prompt():
@@ -192,11 +192,11 @@ def test_a_failed_warm_start_leaves_the_slot_at_init_and_says_so():
     gen = torch.Generator().manual_seed(12)
     x, y = _prompt_pairs(6, gen)
     ex = _explorer()
-    s = ex.acquire_group("p")
+    s = ex.join_group("p")
     init = ex.bank.slot_params(s)
     with pytest.raises(ValueError, match=r"\[positions, 24\]"):
         ex.warm_start_group("p", torch.cat([x, x[:, :4]], 1), torch.cat([y, y[:, :4]], 1))
     assert not ex.needs_warm_start("p")  # not retried
-    assert ex.telemetry("p")["warm_start_failed"] is True
+    assert ex.report("p")["warm_start_failed"] is True
     for k, v in ex.bank.slot_params(s).items():
         assert torch.equal(v, init[k])

@@ -13,6 +13,7 @@ import re
 import pytest
 import torch
 
+from esamp_sgl.core.plan import StepPlan
 from esamp_sgl.eval import exact
 from esamp_sgl.eval.tasks import arithmetic_tasks
 
@@ -86,10 +87,10 @@ def test_cli_rejects_bad_flags_naming_them(capsys):
 
 def test_replayed_branch_state_and_probabilities_are_the_servers_explore_step(one_intra_op_thread):
     """The replay of a path's decode steps must leave the Explorer exactly where the server's own
-    explore_step leaves it (Distiller, optimiser, fit gate), and reweight the next node the same."""
+    explore_batch leaves it (Distiller, optimiser, fit gate), and reweight the next node the same."""
     from esamp_sgl.core.config import ESampConfig
     from esamp_sgl.core.explorer import Explorer
-    from esamp_sgl.core.step import explore_step
+    from esamp_sgl.core.step import explore_batch
 
     gen = torch.Generator().manual_seed(0)
     hidden, vocab, positions = 16, 40, 6
@@ -112,22 +113,24 @@ def test_replayed_branch_state_and_probabilities_are_the_servers_explore_step(on
 
     config = exact.parse_arm(spec).config.model_copy(update=exact.RUN_OVERRIDES)
     ex = Explorer(config, hidden, lm_head, device="cpu")
-    ex.acquire_group("g")
+    ex.join_group("g")
     ex.warm_start_group("g", prompt[src], prompt[tgt])
 
     def batch(n):
         t = exact._row_tensors([n], filters)
         return exact.StepBatch(logits=t["logits"], temperatures=t["temperatures"], top_k=t["top_k"],
                                top_p=t["top_p"], min_p=t["min_p"], is_greedy=torch.zeros(1, dtype=torch.bool),
-                               slots=torch.zeros(1, dtype=torch.int64), betas=torch.full((1,), config.beta),
-                               source=n.taps[src][None], target=n.taps[tgt][None], any_active=True,
-                               rules=config.rule)
+                               plan=StepPlan(slots=torch.zeros(1, dtype=torch.int64),
+                                             betas=torch.full((1,), config.beta), any_active=True,
+                                             rules=config.rule),
+                               source=n.taps[src][None], target=n.taps[tgt][None])
 
     for n in (root, child):
-        explore_step(ex, batch(n), lambda: torch.zeros(1, dtype=torch.int64))
+        explore_batch(ex, batch(n), lambda: torch.zeros(1, dtype=torch.int64))
     for mine, server in zip(exact.snapshot(arm.ex), exact.snapshot(ex), strict=True):
         assert torch.equal(mine, server)
-    rw = exact.reweight(ex, batch(grandchild))
+    last = batch(grandchild)
+    rw = exact.tilted_candidates(ex, last, exact.predict(ex, last))
     assert bool(rw.applied[0])
     assert got == exact.candidate_probs(rw.cand.ids[0], rw.scores[0])
     assert got != exact.candidate_probs(rw.cand.ids[0], rw.cand.logits[0])  # it does steer

@@ -16,7 +16,8 @@ import torch
 from esamp_sgl.core.candidates import stock_sample
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.step import StepBatch, explore_step
+from esamp_sgl.core.plan import StepPlan
+from esamp_sgl.core.step import StepBatch, explore_batch
 from runtime_patch.runtime import SchedulerState
 
 H, V = 16, 300
@@ -40,9 +41,10 @@ def _batch(gen: torch.Generator, slots: list[int]) -> StepBatch:
     slots_t = torch.tensor(slots, dtype=torch.int64)
     return StepBatch(
         logits=logits, temperatures=temps, top_k=torch.full((rows,), 50), top_p=torch.full((rows,), 0.95),
-        min_p=torch.full((rows,), 0.01), is_greedy=torch.zeros(rows, dtype=torch.bool), slots=slots_t,
-        betas=torch.full((rows,), 1.0), source=torch.randn(rows, H, generator=gen),
-        target=torch.randn(rows, H, generator=gen), any_active=True, probs=torch.softmax(logits, -1))
+        min_p=torch.full((rows,), 0.01), is_greedy=torch.zeros(rows, dtype=torch.bool),
+        plan=StepPlan(slots=slots_t, betas=torch.full((rows,), 1.0), any_active=True),
+        source=torch.randn(rows, H, generator=gen),
+        target=torch.randn(rows, H, generator=gen), probs=torch.softmax(logits, -1))
 
 
 def _stock(batch: StepBatch, gen: torch.Generator):
@@ -67,7 +69,7 @@ def _run(poison: float | None, steps: int = 3):
     history = []
     for _ in range(steps):
         batch = _batch(data, slots)
-        tokens = explore_step(ex, batch, _stock(batch, stock_gen))
+        tokens = explore_batch(ex, batch, _stock(batch, stock_gen))
         history.append((tokens, _stock(batch, ref_gen)()))
     good_params = {k: v.clone() for k, v in ex.bank.slot_params(good).items()}
     return runtime, history, good_params
@@ -89,15 +91,15 @@ def test_a_nonfinite_distiller_falls_back_to_stock_for_its_group_only(poison, ca
         assert torch.equal(value, control_good[name]), name
 
     ex = runtime.explorer
-    bad = ex.telemetry("bad")
-    good = ex.telemetry("good")
+    bad = ex.report("bad")
+    good = ex.report("good")
     assert bad["nonfinite_predictions"] == ROWS_PER_GROUP  # only step 1: its loss reset the Distiller
     assert bad["nonfinite_resets"] == 1
     steps = len(history)
     assert bad["tokens_reweighted"] == ROWS_PER_GROUP * (steps - 1)  # recovered after the reset
     assert good["nonfinite_predictions"] == 0 and good["nonfinite_resets"] == 0
     assert good["tokens_reweighted"] == ROWS_PER_GROUP * steps
-    assert good == {**control_runtime.explorer.telemetry("good")}
+    assert good == {**control_runtime.explorer.report("good")}
 
     # Runtime view: flagged status, and one warning for the group when its last member leaves.
     with caplog.at_level(logging.WARNING, logger="esamp_sgl.runtime"):
@@ -121,4 +123,4 @@ def test_a_reset_slot_is_clean_for_the_next_group():
     slot = runtime.explorer.groups.slot_of("next")
     assert slot == bad_slot
     assert all(torch.isfinite(v).all() for v in runtime.explorer.bank.slot_params(slot).values())
-    assert runtime.explorer.telemetry("next")["nonfinite_predictions"] == 0
+    assert runtime.explorer.report("next")["nonfinite_predictions"] == 0

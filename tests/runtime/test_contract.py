@@ -126,7 +126,7 @@ def test_exploring_rows_are_reweighted_trained_and_leave_stock_rows_untouched(sa
     assert changed > 0  # β = 2 changes some draws
     after = runtime.explorer.bank.forward(hidden[:1, :H], torch.tensor([0]))
     assert not torch.allclose(before, after)  # the group's Distiller was trained
-    telemetry = runtime.telemetry(runtime.members["a"])
+    telemetry = runtime.member_report(runtime.members["a"])
     assert telemetry["steps_trained"] == 8 and telemetry["predictions"] == 24
     for rid in ("a", "c", "e"):
         runtime.leave(rid)

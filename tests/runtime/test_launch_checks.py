@@ -30,7 +30,7 @@ def _assert_stock_with_one_failure(esamp, stock, rows, logits, hidden, reason: s
     assert torch.equal(got, expected)
     assert esamp.failures == 1
     assert any(reason in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
-    assert esamp.runtime.telemetry(esamp.runtime.members["a"]).get("predictions", 0) == 0  # nothing launched
+    assert esamp.runtime.member_report(esamp.runtime.members["a"]).get("predictions", 0) == 0  # nothing launched
 
 
 def _inputs(seed: int = 4, vocab: int = V, width: int = 2 * H):

@@ -1,4 +1,4 @@
-"""SchedulerState.plan: every per-row array and the rows' grouping per slot in one host->device copy."""
+"""SchedulerState.step_plan: every per-row array and the rows' grouping per slot in one host->device copy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_plan_carries_slots_betas_train_and_the_groups_in_one_buffer():
     for rid, req in (("r0", a), ("r2", frozen), ("r3", a)):
         rt.join(rid, req)
     rows = BatchRows(("r0", "x", "r2", "r3"), (a, None, frozen, a))
-    plan = rt.plan(rows, torch.device("cpu"))
+    plan = rt.step_plan(rows, torch.device("cpu"))
     sa, sb = rt.members["r0"].slot, rt.members["r2"].slot
     assert plan.any_active and plan.slots.tolist() == [sa, -1, sb, sa]
     assert plan.betas.tolist() == [2.0, 0.0, 0.5, 2.0] and plan.train.tolist() == [True, False, False, True]
@@ -30,5 +30,5 @@ def test_plan_carries_slots_betas_train_and_the_groups_in_one_buffer():
     assert g.train.entries == [sa] and g.train.count.tolist() == [2.0]  # group b is frozen
     storages = {t.untyped_storage().data_ptr() for t in (plan.slots, plan.betas, plan.train, *g.buffers())}
     assert len(storages) == 1  # one buffer, one copy
-    none = rt.plan(BatchRows(("x",), (None,)), torch.device("cpu"))
+    none = rt.step_plan(BatchRows(("x",), (None,)), torch.device("cpu"))
     assert not none.any_active and none.layout is None

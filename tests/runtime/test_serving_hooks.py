@@ -11,10 +11,11 @@ from esamp_sgl.core.config import TELEMETRY_KEY
 
 def test_the_hooks_are_registered_on_existing_symbols(sglang_with_plugin):
     from runtime_patch.compat import TOUCH_POINTS, self_check
-    from runtime_patch.serving import HOOK_SPECS
+    from runtime_patch.touch_points import plugin_hooks
 
     self_check()
-    assert all(target in TOUCH_POINTS for target, _, _ in HOOK_SPECS)
+    serving = [target for target, hook in plugin_hooks() if hook.handler.startswith("runtime_patch.serving:")]
+    assert len(serving) == 5 and all(target in TOUCH_POINTS for target in serving)
 
 
 def test_exploring_requests_need_the_esamp_backend(sglang_with_plugin):

@@ -59,7 +59,7 @@ def test_a_warm_start_on_pairs_of_the_wrong_hidden_size_is_counted_logged_and_re
     failures = [r for r in caplog.records if "prefill warm start failed" in r.getMessage()]
     assert len(failures) == 1 and "ValueError" in failures[0].getMessage()
     member = runtime.members["a"]
-    telemetry = runtime.telemetry(member)
+    telemetry = runtime.member_report(member)
     assert telemetry["warm_start_failed"] is True and telemetry["warm_start_steps"] == 0
     assert not runtime.explorer.needs_warm_start(member.group)  # not retried
     runtime.leave("a")
@@ -70,6 +70,6 @@ def test_a_warm_start_through_the_hook_runs_when_the_shapes_agree(monkeypatch):
     runtime = _runtime(taps_hidden=H)
     ran, _ = _extend(runtime, monkeypatch, width=H)
     assert ran and runtime.warm_start_failures == 0
-    telemetry = runtime.telemetry(runtime.members["a"])
+    telemetry = runtime.member_report(runtime.members["a"])
     assert telemetry["warm_start_steps"] == 3 and telemetry["warm_start_failed"] is False
     assert telemetry["warm_start_positions"] == P

@@ -13,7 +13,7 @@ import torch
 
 from esamp_sgl.core.config import ESampConfig, ExploreRequest
 from esamp_sgl.core.explorer import Explorer
-from esamp_sgl.core.reweight import distiller_logits
+from esamp_sgl.core.dlogits import distiller_logits_gather
 from runtime_patch.runtime import SchedulerState
 from runtime_patch.taps import Taps
 
@@ -53,11 +53,11 @@ def test_an_update_rebinds_a_replaced_lm_head_and_restarts_live_groups(sglang_wi
     target = torch.nn.functional.layer_norm(source, (H,))  # what a Distiller fits at once
     explorer.warm_start_group("g", source, target)
     runtime.prompt_pairs.add("p", 6, 0, source, target)
-    before = explorer.telemetry("g")
+    before = explorer.report("g")
     assert before["warm_start_steps"] > 0 and before["gate_r2"] is not None  # fitted, fit measured
     h_hat = torch.randn(2, H, generator=gen)
     cand = torch.tensor([[0, 3, 7], [1, 2, 49]])
-    d_before = distiller_logits(h_hat, explorer.lm_head_weight, cand)
+    d_before = distiller_logits_gather(h_hat, explorer.lm_head_weight, cand)
     norm_before = runtime.lm_head_norm
 
     # A loader that replaces the Parameter object (not an in-place copy): the Explorer's reference goes stale.
@@ -70,12 +70,12 @@ def test_an_update_rebinds_a_replaced_lm_head_and_restarts_live_groups(sglang_wi
     assert out.success
 
     assert explorer.lm_head_weight is model.lm_head.weight
-    torch.testing.assert_close(distiller_logits(h_hat, explorer.lm_head_weight, cand), 2 * d_before)
+    torch.testing.assert_close(distiller_logits_gather(h_hat, explorer.lm_head_weight, cand), 2 * d_before)
     assert runtime.weight_updates == 1 and abs(runtime.lm_head_norm - 2 * norm_before) < 1e-4 * norm_before
     summary = runtime.summary()
     assert summary["weight_updates"] == 1 and summary["lm_head_norm"] == runtime.lm_head_norm
     # The live group keeps its members and slot, restarted: no warm start, gate shut, counters at zero.
-    telemetry = runtime.telemetry(runtime.members["a"])
+    telemetry = runtime.member_report(runtime.members["a"])
     assert telemetry["slot"] == slot and telemetry["members"] == 1
     assert telemetry["warm_start_steps"] == 0 and telemetry["gate"] == 0.0 and telemetry["gate_r2"] is None
     assert explorer.needs_warm_start("g") and len(runtime.prompt_pairs) == 0
