@@ -88,14 +88,23 @@ def extend_span(req) -> ExtendSpan | None:
                       completes_prompt=end >= len(req.full_untruncated_fill_ids))
 
 
+_NOT_PARSED = object()
+
+
 def explore_request_of(req) -> ExploreRequest | None:
-    """The request's ESamp options (already validated with a 400 in the tokenizer process)."""
-    if req.sampling_params.max_new_tokens == 0:  # n>1 prefix-warming request: never sampled for real
-        return None
-    try:
-        return ExploreRequest.from_custom_params(req.sampling_params.custom_params)
-    except ValueError:  # unreachable through HTTP (validated earlier); never crash the scheduler
-        return None
+    """The request's ESamp options (already validated with a 400 in the tokenizer process), parsed
+    once per request: the hook that joins groups and the one that attaches row metadata both ask."""
+    cached = getattr(req, "_esamp_request", _NOT_PARSED)
+    if cached is not _NOT_PARSED:
+        return cached
+    request = None
+    if req.sampling_params.max_new_tokens != 0:  # 0: the n>1 prefix-warming request, never sampled
+        try:
+            request = ExploreRequest.from_custom_params(req.sampling_params.custom_params)
+        except ValueError:  # unreachable through HTTP (validated earlier); never crash the scheduler
+            request = None
+    req._esamp_request = request
+    return request
 
 
 def rows_of(info) -> BatchRows | None:
