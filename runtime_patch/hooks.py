@@ -62,8 +62,8 @@ def bind_model(result, runner):
     from runtime_patch.metrics import scheduler_metrics
 
     STATE.runtime.metrics = scheduler_metrics(STATE.runtime)  # None without --enable-metrics
-    logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g)",
-                taps.capture_indices, config.max_groups, config.rule, config.beta)
+    logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g, training %s)",
+                taps.capture_indices, config.max_groups, config.rule, config.beta, explorer.train_mode)
     return result
 
 

@@ -202,6 +202,7 @@ class SchedulerState:
             "stock_groups": self.explorer.groups.stock_groups,
             "bank_full_refusals": self.explorer.bank_full_count,
             "steps": self.steps,
+            "train_mode": self.explorer.train_mode,  # resolved: sync, cpu_thread or cuda_stream
             "head_mix_steps": self.head_mix_steps,
             "head_mix_failures": self.head_mix_failures,
             "warm_start_failures": self.warm_start_failures,

@@ -90,7 +90,7 @@ def _workload(rows: int, hidden: int, vocab: int, slots: torch.Tensor, seed: int
 def _explorer(rows: int, hidden: int, vocab: int, profile: str = "bounded") -> tuple[Explorer, torch.Tensor]:
     w = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(1)) * 0.02
     # A bank of exactly the groups in use: a paper Distiller at H 3584 is 66 MB of fp32 state per slot.
-    cfg = bench_config(profile, hidden, max_groups=-(-rows // GROUP_SIZE))
+    cfg = bench_config(profile, hidden, DEVICE, max_groups=-(-rows // GROUP_SIZE))
     ex = Explorer(cfg, hidden, w.to(DEVICE), device=DEVICE)
     slots = torch.tensor([ex.join_group(f"g{i // GROUP_SIZE}") for i in range(rows)], device=DEVICE)
     return ex, slots

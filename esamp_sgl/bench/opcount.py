@@ -147,8 +147,11 @@ def unfiltered(cfg: ESampConfig) -> bool:
     return cfg.latent_mixing
 
 
-def bench_config(profile: str, hidden: int, **kw) -> ESampConfig:
-    """The profile at this shape: a low-rank rank is capped at the hidden size."""
+def bench_config(profile: str, hidden: int, device: str | torch.device = "cpu", **kw) -> ESampConfig:
+    """The profile at this shape: a low-rank rank is capped at the hidden size. On CPU training runs
+    inline: the counter sees only the calling thread's ops, and a timed step includes its training."""
+    if torch.device(device).type == "cpu":
+        kw.setdefault("train_mode", "sync")
     cfg = ESampConfig(profile=profile, **kw)
     return cfg.model_copy(update={"rank": min(cfg.rank, hidden)}) if cfg.distiller == "lowrank" else cfg
 
@@ -166,7 +169,7 @@ def _setup(rows: int, group_size: int, hidden: int, vocab: int, path: str, rank:
     else:
         w = (torch.randn(vocab, hidden, generator=gen) * 0.02).to(torch.bfloat16)
     groups = -(-rows // group_size)
-    cfg = bench_config(profile, hidden, max_groups=groups, fit_gate=False,  # a bank of the groups in use
+    cfg = bench_config(profile, hidden, device, max_groups=groups, fit_gate=False,  # the groups in use
                        train_every=train_every)
     if cfg.distiller == "lowrank":
         cfg = cfg.model_copy(update={"rank": min(rank, hidden)})
@@ -312,7 +315,7 @@ def warm_start_counts(positions: int = 512, hidden: int = 576, rank: int = 64, s
     kw: dict = {"max_groups": 1, "prefill_warm_start": True}
     if steps is not None:
         kw["warm_start_steps"] = steps
-    cfg = bench_config(profile, hidden, **kw)
+    cfg = bench_config(profile, hidden, device, **kw)
     if cfg.distiller == "lowrank":
         cfg = cfg.model_copy(update={"rank": min(rank, hidden)})
     gen = torch.Generator().manual_seed(seed)

@@ -28,6 +28,9 @@ class CandidateSet:
     logits: Tensor  # [R, K] fp32 scaled logits of the candidates, -inf where not kept
     keep: Tensor  # [R, K] bool, a prefix of each row
     truncated: Tensor  # [R] bool: more than K tokens survived the filters
+    # [R] bool: truncated by a width below the cap (width.py): not all survivors known, so the row keeps
+    # its stock token. None: K is the cap, whose truncation keeps the K most likely (as configured).
+    partial: Tensor | None = None
 
 
 def effective_top_k(top_k: Tensor, vocab: int) -> Tensor:

@@ -41,7 +41,7 @@ TARGET_SITES = ("final_norm", "last_input_norm")
 # it cost ~30 launches / ~3.5 GB (six more full-vocabulary passes) and its JIT compiled for minutes on first use.
 # `auto` is kept so that existing configs still load; it resolves to `torch` everywhere.
 BACKENDS = ("auto", "torch")
-TRAIN_MODES = ("auto", "sync", "cuda_stream")
+TRAIN_MODES = ("auto", "sync", "cuda_stream", "cpu_thread")
 # request: a request is its own fork group (its n samples share it); prompt: concurrent exploring requests
 # with identical prompt token ids share one group (runtime_patch/grouping.py). An explicit esamp_group wins.
 GROUP_BY_POLICIES = ("request", "prompt")
@@ -192,7 +192,7 @@ FIELDS: dict[str, FieldRule] = {
     "svd_warm_start": FieldRule("bool", doc="initialise Distillers from the model's FFN (rank-r SVD)"),
     "max_candidates": FieldRule("int", 1, 1 << 20, doc="cap on candidates per row (the most likely are kept)"),
     "backend": _one_of(*BACKENDS, doc="candidate and sampling kernels (`auto`: `torch`, on every device)"),
-    "train_mode": _one_of(*TRAIN_MODES, doc="where training runs (`auto`: a CUDA side stream on GPU, inline on CPU)"),
+    "train_mode": _one_of(*TRAIN_MODES, doc="where training runs (`auto`: a CUDA side stream on GPU; on CPU a worker thread when torch leaves a core free, else inline)"),
     "seed": FieldRule("int", 0, (1 << 63) - 1, doc="seed of ESamp's own generator and the initial Distillers"),
     "group_by": _one_of(*GROUP_BY_POLICIES, doc="`prompt`: concurrent requests with identical prompts share a group"),
     "group_window_s": FieldRule("float", 0.0, 86_400.0, lo_open=True, doc="how long a prompt group stays open"),

@@ -5,6 +5,7 @@ nothing; on CUDA every such read is a sync that stalls the stream. Where that is
 parts read `HostReads.free` and nothing else:
 
 * the candidate set is cut to the step's largest kept count (step.py, candidates.candidate_set);
+  otherwise its width follows the counts of earlier steps, copied back without a wait (width.py);
 * a batch without the engine's plan is grouped per slot from a host read of its slots (step.planned,
   DistillerBank.forward); otherwise each row gathers its own parameters;
 * the trainer resets non-finite slots at once (a host read) instead of collecting them on the device.

@@ -13,6 +13,7 @@ Lifecycle, driven by the engine from request metadata (all host-side, O(1)):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -24,21 +25,25 @@ from esamp_sgl.core.gate import FitGate
 from esamp_sgl.core.groups import GroupTable
 from esamp_sgl.core.reweight import random_prior_logits
 from esamp_sgl.core.telemetry import StepMarks, Telemetry
-from esamp_sgl.core.trainer import TestTimeTrainer
+from esamp_sgl.core.trainer import TestTimeTrainer, check_mode_device
 from esamp_sgl.core.warm_start import prefill_warm_start, svd_template
+from esamp_sgl.core.width import CandidateWidth
 
-# CPU trains inline. A background-thread mode was measured (2-core CPU, torch 2 threads, stand-in
-# forward + explore_step, alternating blocks) slower in every shape: step ms sync vs thread = 36.3 vs
-# 40.7 (8 rows, H 576), 247.2 vs 254.0 (64 rows, H 576), 194.5 vs 206.6 (8 rows, H 3584); the forward
-# already uses both cores, so the thread only added hand-off and copies. It was removed.
-CPU_AUTO_TRAIN_MODE = "sync"
+def spare_cpu() -> bool:
+    """torch's threads leave a core of this process's CPUs free for the training thread."""
+    return torch.get_num_threads() < len(os.sched_getaffinity(0))
 
 
 def resolve_train_mode(mode: str, device: torch.device) -> str:
+    """`auto`: a side stream on CUDA; on CPU the training thread where a core is left over, else inline.
+    The thread costs where the forward already has every core: with torch on both of 2 cores, step ms
+    inline vs thread were 36.3 vs 40.7 (8 rows, H 576), 247.2 vs 254.0 (64 rows), 194.5 vs 206.6 (8 rows,
+    H 3584); with a core to spare see docs/performance.md § 9."""
     if mode == "auto":
-        return "cuda_stream" if device.type == "cuda" else CPU_AUTO_TRAIN_MODE
-    if mode == "cuda_stream" and device.type != "cuda":
-        raise ValueError(f"esamp_train_mode 'cuda_stream' needs a CUDA device, got {device}")
+        if device.type == "cuda":
+            return "cuda_stream"
+        return "cpu_thread" if spare_cpu() else "sync"
+    check_mode_device(mode, device)
     return mode
 
 
@@ -88,6 +93,8 @@ class Explorer:
         # step's shapes for this machine (esamp_sgl/core/dlogits.py); "gather"/"gemm" force one.
         self.d_method = "auto"
         self.d_machine = self.device.type
+        # The candidate width where host reads are not free: it follows the data (width.py).
+        self.candidate_width = CandidateWidth(min(config.max_candidates, lm_head_weight.shape[0]), self.device)
         # [max_groups, V] tokens generated per group, for the group_* baseline rules only:
         # allocated when such a rule first runs (39 MB at 64 groups x 152k vocabulary).
         self.group_counts: Tensor | None = None
@@ -222,7 +229,7 @@ class Explorer:
             plan = prefill_warm_start(self.trainer, slot, source, target, self.config.warm_start_steps,
                                       self.config.warm_start_lr)
             assert plan is not None  # P > 0 was checked above
-            self.trainer.wait()
+            self.trainer.wait(raise_failure=True)
             h_hat = self.bank(source, plan.slots, layout=plan.layout)
             r2 = self.gate.seed(plan.slots[0], h_hat, target)
             self.telemetry.record_warm_fit(plan.slots[:1], r2, source.shape[0])
@@ -288,6 +295,7 @@ class Explorer:
         the step's own event, recorded on the stream the step ran on, not on the calling stream.
         If no recorded step has completed yet, it waits for the newest recorded one."""
         if self.device.type != "cuda":
+            self.trainer.wait()  # cpu_thread: the train_* columns whole
             return build().tolist()
         main = torch.cuda.current_stream(self.device)
         pair = None

@@ -136,9 +136,16 @@ def row_filters(batch: StepBatch, greedy_min_p: float) -> RowFilters:
 
 
 def filtered_candidates(ex: Explorer, batch: StepBatch, f: RowFilters) -> CandidateSet:
-    """The survivors of each row's top-k / top-p / min-p on the unmodified scaled distribution."""
-    return candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, ex.config.max_candidates,
-                         probs=batch.probs, trim=ex.host_reads.free)
+    """The survivors of each row's top-k / top-p / min-p on the unmodified scaled distribution. Where host
+    reads are free K is cut to the largest kept count; else it is the width the data asked for a few
+    steps before (width.py), and rows with more survivors keep their stock token."""
+    if ex.host_reads.free:
+        return candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, ex.config.max_candidates,
+                             probs=batch.probs, trim=True)
+    width = ex.candidate_width.current()
+    cand = candidate_set(batch.logits, f.top_k, f.top_p, f.min_p, width, probs=batch.probs)
+    ex.candidate_width.observe(cand)
+    return replace(cand, partial=cand.truncated) if width < ex.candidate_width.cap else cand
 
 
 @dataclass
@@ -162,7 +169,7 @@ def planned(ex: Explorer, batch: StepBatch) -> StepBatch:
 
 def predict(ex: Explorer, batch: StepBatch) -> Tensor:
     """ĥ [R, H] fp32: the deep state from the shallow one, with parameters trained through step t−1."""
-    ex.trainer.wait()
+    ex.trainer.wait(raise_failure=True)  # a failed training step fails this step (the sampler's guard)
     return ex.bank(batch.source, batch.slots, layout=batch.layout)
 
 
@@ -203,7 +210,10 @@ def tilted_candidates(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Tilted:
     betas = gated_betas(ex, batch)
     scores = reweighted_logits(cand.logits, signals, f.temperature, betas, batch.rules,
                                cfg.tilt_bound)
-    return Tilted(cand, scores, applies(ex, batch, betas, h_hat), h_hat, d)
+    applied = applies(ex, batch, betas, h_hat)
+    if cand.partial is not None:
+        applied = applied & ~cand.partial
+    return Tilted(cand, scores, applied, h_hat, d)
 
 
 def applies(ex: Explorer, batch: StepBatch, betas: Tensor, h_hat: Tensor) -> Tensor:

@@ -28,6 +28,13 @@ Execution (`mode`):
   `wait()` makes the calling stream wait on the completion event, once per stream and schedule
   (streams.StreamFence: SGLang calls wait() from the forward stream and, freeing a slot, from the
   scheduler's; each must be ordered, not just the first to ask).
+* 'cpu_thread' — the CPU's side stream: the step runs on one worker thread while the engine's
+  thread goes on with the next forward (torch's kernels release the GIL); `wait()` joins it. Every
+  reader of the bank, the optimiser state or the trainer's telemetry columns calls wait() first, as
+  on CUDA; the worker writes nothing else. What the step raised is kept and raised by the next
+  `wait(raise_failure=True)` (the next prediction's, inside the sampler's guard), never by a
+  report or a slot reset on SGLang's request path. It pays only where a core is left over
+  (explorer.resolve_train_mode).
 
 Host reads (`host_reads`, device.HostReads). Where they are not free (CUDA) there is no host sync
 anywhere: the layout comes from the host plan and non-finite losses are handled with device-side
@@ -44,6 +51,8 @@ the telemetry counts it; the other slots in the same step are trained normally.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -51,14 +60,21 @@ from torch import Tensor
 from esamp_sgl.core.architectures import split_flat
 from esamp_sgl.core.config import check_field
 from esamp_sgl.core.device import HostReads
-from esamp_sgl.core.distiller import DistillerBank, bank_block_rows, into_bank_blocks
+from esamp_sgl.core.distiller import DistillerBank, Scratch, bank_block_rows, into_bank_blocks
 from esamp_sgl.core.layout import SlotLayout, layout_from_row_slots, layout_of_rows, to_device
 from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
 
 ADAM_BETAS = (0.9, 0.999)
 NONFINITE_RESET_EVERY = 32  # training steps between resets of non-finite slots (host reads not free)
-MODES = ("sync", "cuda_stream")  # esamp_train_mode once "auto" is resolved (explorer.py)
+MODES = ("sync", "cuda_stream", "cpu_thread")  # esamp_train_mode once "auto" is resolved (explorer.py)
+
+
+def check_mode_device(mode: str, device: torch.device) -> None:
+    """The side stream of each device: cuda_stream needs CUDA, cpu_thread the CPU."""
+    need = {"cuda_stream": "cuda", "cpu_thread": "cpu"}.get(mode)
+    if need is not None and device.type != need:
+        raise ValueError(f"esamp_train_mode {mode!r} needs a {need.upper()} device, got {device}")
 
 
 def entry_loss(diff: Tensor, coef: Tensor) -> Tensor:
@@ -78,9 +94,7 @@ class TestTimeTrainer:
         if mode not in MODES:
             raise ValueError(f"esamp_train_mode must be one of {', '.join(map(repr, MODES))}, "
                              f"got {mode!r}")
-        if mode == "cuda_stream" and bank.device.type != "cuda":
-            raise ValueError("esamp_train_mode 'cuda_stream' needs a CUDA device, "
-                             f"the bank is on {bank.device}")
+        check_mode_device(mode, bank.device)
         self.bank, self.telemetry = bank, telemetry
         self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.adam_eps = check_field("adam_eps", adam_eps)
@@ -111,6 +125,8 @@ class TestTimeTrainer:
                 self.exp_avg_sq = split_flat(self.exp_avg_sq_flat, bank.layout)
                 self.m_rows = self.exp_avg_flat.unbind(0)
                 self.s_rows = self.exp_avg_sq_flat.unbind(0)
+        # Kept buffers for the step's parameter gather and gradient (CPU; distiller.Scratch says why).
+        self._scratch_params, self._scratch_grad = Scratch(bank.device), Scratch(bank.device)
         self._stream = None
         # CUDA: where the newest write to the bank and optimiser state ends (training, or a slot
         # reset through mark_written), and which streams already wait for it.
@@ -119,6 +135,11 @@ class TestTimeTrainer:
             self._writes = StreamFence(torch.cuda.Event)
         if mode == "cuda_stream":
             self._stream = torch.cuda.Stream(device=bank.device)
+        self._worker: ThreadPoolExecutor | None = None
+        self._running: Future | None = None  # cpu_thread: the training step in flight
+        self._failure: BaseException | None = None  # cpu_thread: what a finished step raised, unreported
+        if mode == "cpu_thread":
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esamp-train")
 
     # -- scheduling -----------------------------------------------------------------------------
     def schedule(self, source: Tensor, target: Tensor, slots: Tensor, valid: Tensor,
@@ -147,6 +168,9 @@ class TestTimeTrainer:
             x = source.detach().to(dev).index_select(0, layout.gather)
             y = target.detach().to(dev).index_select(0, layout.gather)
         self.wait()  # after every earlier write, e.g. a slot reset queued on another stream
+        if self._worker is not None:
+            self._running = self._worker.submit(self._run, x, y, layout, steps, lr, warm)
+            return
         if self.mode == "sync":
             self._run(x, y, layout, steps, lr, warm)
             if self._writes is not None:
@@ -184,10 +208,18 @@ class TestTimeTrainer:
         gone = np.asarray(slots, dtype=np.int64)
         self._pending = [(x, y, np.where(np.isin(s, gone), -1, s)) for x, y, s in self._pending]
 
-    def wait(self) -> None:
+    def wait(self, raise_failure: bool = False) -> None:
         """Order everything queued on the calling stream after this call behind the scheduled
         training and any write marked by mark_written (prediction calls it; so does a slot reset).
-        Every stream that calls it is ordered, each once per write (device-side; no host sync)."""
+        Every stream that calls it is ordered, each once per write (device-side; no host sync).
+        cpu_thread: blocks until the step in flight is done; with `raise_failure`, raises (once) what
+        a step raised (sync and cuda_stream raise at schedule())."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            self._failure = running.exception() or self._failure
+        if raise_failure and self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         if self._writes is not None:
             self._writes.order(torch.cuda.current_stream(self.bank.device))
 
@@ -199,7 +231,11 @@ class TestTimeTrainer:
             self._writes.record(torch.cuda.current_stream(self.bank.device))
 
     def close(self) -> None:
-        self.wait()
+        try:
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
 
     @torch.no_grad()
     def reset_slots(self, slot_ids: Tensor) -> None:
@@ -243,7 +279,7 @@ class TestTimeTrainer:
         taken = torch.zeros(u, device=bank.device)
         first_loss = counted = None
         for _ in range(steps):
-            loss, finite, grad = self._loss_and_grad(x, y, None if whole else entries, coef)
+            loss, finite, grad = self._loss_and_grad(x, y, None if whole else layout, coef)
             if whole:  # the entries' rows of the bank's blocks
                 loss, finite = loss.index_select(0, entries), finite.index_select(0, entries)
                 grads = [grad[e] for e in layout.entries]
@@ -259,7 +295,7 @@ class TestTimeTrainer:
         with torch.no_grad():
             if warm:  # the loss after the warm start, for telemetry
                 last_loss = (self._entry_loss(x, y, coef, bank.params).index_select(0, entries) if whole
-                             else self._entry_loss(x, y, coef, bank.gather(entries)))
+                             else self._entry_loss(x, y, coef, bank.entry_params(layout)))
             self._reset_nonfinite(entries, bad)
             assert first_loss is not None and counted is not None
             if warm:
@@ -310,18 +346,20 @@ class TestTimeTrainer:
         return (into_bank_blocks(x, dest, blocks, n), into_bank_blocks(y, dest, blocks, n),
                 into_bank_blocks(coef.reshape(-1), dest, blocks, n).view(blocks, n))
 
-    def _loss_and_grad(self, x: Tensor, y: Tensor, entries: Tensor | None,
+    def _loss_and_grad(self, x: Tensor, y: Tensor, layout: SlotLayout | None,
                        coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss [U], loss is finite [U], gradient [U, P]) with one gather of the U parameter rows. The
+        """(loss [U], loss is finite [U], gradient [U, P]) with one read of the U parameter rows
+        (DistillerBank.entry_params; `layout` None: the whole bank's rows in place). The
         backward pass is the architecture's own (written out, no autograd graph): each gradient goes
         straight into its slice of one flat [U, P] buffer, which the fused optimiser reads as one row
         per slot. An entry whose loss is not finite contributes nothing (its own gradient may be NaN; it
         is reset afterwards). With grad_clip, each entry's gradient is clipped to that norm."""
         bank = self.bank
         hidden = x.shape[-1]
-        # one [U, P] gather, viewed per parameter; entries None: the whole bank's rows in place
-        p = bank.params if entries is None else bank.gather(entries)
-        grad = torch.empty(x.shape[0], bank.numel, device=x.device)
+        p = bank.params if layout is None else bank.entry_params(layout, self._scratch_params)
+        grad = self._scratch_grad.buffer(x.shape[0], bank.numel)  # every entry written below
+        if grad is None:
+            grad = torch.empty(x.shape[0], bank.numel, device=x.device)
         out, saved = bank.arch.forward_saving(x, p)
         diff = out - y
         loss = entry_loss(diff, coef)

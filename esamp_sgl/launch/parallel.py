@@ -56,6 +56,9 @@ def parallel_env(*, dp_size: int = 1, tp_size: int = 1, on_cpu: bool, esamp: boo
         # it every rank starts torch with one thread per CPU, and N ranks x all CPUs oversubscribe the
         # cores (OpenMP spin-waits then stall every step). One rank's share of the CPUs each:
         env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // ranks)))
+        # Every core is a rank's: ESamp's `auto` would see torch's share < the cores and start a training
+        # thread per rank on cores the other ranks use.
+        env.setdefault("ESAMP_SGL_TRAIN_MODE", "sync")
     if on_cpu and tp_size > 1:
         env.setdefault("SGLANG_NCCL_SO_PATH", NO_NCCL)
     if esamp and tp_size > 1:

@@ -197,6 +197,7 @@ def test_static_path_makes_no_host_read_keeps_stock_rows_and_trains_like_the_cpu
                 batch.probs, batch.top_k, batch.top_p, batch.min_p, g_static))
         stock_rows = [i for i, s in enumerate(slots) if s < 0]
         assert tokens[stock_rows].tolist() == ref[stock_rows].tolist()
+    cpu.trainer.wait(), static.trainer.wait()  # a reader of the bank waits for training in flight
     assert torch.allclose(cpu.bank.flat, static.bank.flat, atol=1e-5)
     for key in ("a", "b"):
         a, b = cpu.report(key), static.report(key)
@@ -223,7 +224,7 @@ def test_written_out_backward_equals_autograd_including_padding_and_a_nonfinite_
     xg = x.index_select(0, g.gather).view(g.size, g.width, H)
     yg = y.index_select(0, g.gather).view(g.size, g.width, H)
     coef = g.weight / g.count.unsqueeze(-1)
-    loss, finite, grad = tr._loss_and_grad(xg, yg, g.entry_index, coef)
+    loss, finite, grad = tr._loss_and_grad(xg, yg, g, coef)
     leaf = bank.flat.index_select(0, g.entry_index).requires_grad_(True)
     err = (distill_padded(xg, split_flat(leaf, bank.layout)) - yg).square().mean(-1)
     want_loss = (err * coef).sum(-1)

@@ -159,6 +159,7 @@ def test_warm_start_result_equals_hand_written_adam_and_the_per_position_path():
     # The old path: per-row slots and a plan read back from the device.
     old.trainer.schedule(x, y, torch.full((6,), s_old), torch.ones(6, dtype=torch.bool), steps=4, lr=1e-2,
                          warm=True)
+    old.trainer.wait()  # a reader of the bank waits for training in flight
     for k, v in ex.bank.slot_params(s).items():
         torch.testing.assert_close(v, expected[k], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v, old.bank.slot_params(s_old)[k], atol=1e-5, rtol=1e-5)
