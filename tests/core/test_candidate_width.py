@@ -3,6 +3,7 @@ that a narrow width cannot hold keeps its stock token, and the width grows to ho
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -89,3 +90,27 @@ def test_a_row_the_width_cannot_hold_keeps_its_stock_token_and_the_width_grows()
     assert not cand.truncated.any() and not cand.partial.any()
     tokens = explore_batch(ex, batch, lambda: stock)
     assert (tokens != V - 1).all()  # held again: the row explores
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_width_comes_back_without_a_sync():
+    cfg = ESampConfig(rank=8, max_groups=2, fit_gate=False, max_candidates=512)
+    ex = Explorer(cfg, H, torch.randn(V, H, generator=torch.Generator().manual_seed(1)).cuda(), device="cuda")
+    assert not ex.host_reads.free
+    ex.join_group("a")
+    gen, widths = torch.Generator().manual_seed(2), []
+    for _ in range(6):
+        batch = _batch(gen)
+        batch = StepBatch(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()
+                             if k != "plan"}, plan=StepPlan(slots=batch.slots.cuda(), betas=batch.betas.cuda(),
+                                                            any_active=True, rules="contrastive",
+                                                            layout=slot_layout([0] * 4, None, "cuda")))
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            cand = filtered_candidates(ex, batch, row_filters(batch, ex.config.greedy_min_p))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        widths.append(cand.ids.shape[1])
+        torch.cuda.synchronize()  # the step's copy is back before the next (a real pipeline is later)
+    assert widths[0] == 512 and widths[-1] == FLOOR

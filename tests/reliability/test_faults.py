@@ -71,6 +71,7 @@ def _run(poison: float | None, steps: int = 3):
         batch = _batch(data, slots)
         tokens = explore_batch(ex, batch, _stock(batch, stock_gen))
         history.append((tokens, _stock(batch, ref_gen)()))
+    ex.trainer.wait()  # a reader of the bank waits for the training in flight (cpu_thread)
     good_params = {k: v.clone() for k, v in ex.bank.slot_params(good).items()}
     return runtime, history, good_params
 
