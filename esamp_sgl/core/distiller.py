@@ -73,23 +73,23 @@ def distill_bank_blocks(x: Tensor, p: dict[str, Tensor], layout: SlotLayout, sin
 
 class Scratch:
     """A reusable [U, P] fp32 buffer, grown on demand, for one user of the bank (prediction, or the
-    trainer: they may run at once on two threads). Only on CPU: a fresh block of tens of MB is mapped
-    anew by the C allocator (glibc maps blocks over 32 MB and unmaps them when freed), so every step
-    would fault in each of its pages again: a 42 MB gather took 18.5 ms fresh, 6.4 ms into a kept
+    trainer: they may run at once on two threads). Kept only on CPU: a fresh block of tens of MB is
+    mapped anew by the C allocator (glibc maps blocks over 32 MB and unmaps them when freed), so every
+    step would fault in each of its pages again: a 42 MB gather took 18.5 ms fresh, 6.4 ms into a kept
     buffer (one thread). On CUDA torch's caching allocator already keeps its blocks."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.keeps = device.type == "cpu"
         self._buf: Tensor | None = None
 
-    def buffer(self, rows: int, numel: int) -> Tensor | None:
-        """[rows, numel] to write into, or None: allocate as usual."""
-        if not self.keeps:
-            return None
+    def buffer(self, rows: int, numel: int) -> Tensor:
+        """[rows, numel] fp32 to write into: the kept buffer on CPU, a fresh one elsewhere."""
         if self._buf is None or self._buf.shape[0] < rows:
             with torch.inference_mode(False):
-                self._buf = torch.empty(rows, numel, device=self.device)
+                fresh = torch.empty(rows, numel, device=self.device)
+            if self.device.type != "cpu":
+                return fresh
+            self._buf = fresh
         return self._buf[:rows]
 
 
@@ -142,9 +142,9 @@ class DistillerBank:
 
     def gather(self, slot_index: Tensor, scratch: Scratch | None = None) -> dict[str, Tensor]:
         """Parameters of the given slots ([U, ...] views of one [U, P] gather, into `scratch` if given)."""
-        out = None if scratch is None else scratch.buffer(slot_index.shape[0], self.numel)
-        if out is None:
+        if scratch is None:
             return split_flat(self.flat.index_select(0, slot_index), self.layout)
+        out = scratch.buffer(slot_index.shape[0], self.numel)
         return split_flat(torch.index_select(self.flat, 0, slot_index, out=out), self.layout)
 
     def entry_params(self, layout: SlotLayout, scratch: Scratch | None = None) -> dict[str, Tensor]:

@@ -39,9 +39,14 @@ D_METHODS = ("auto", "gather", "gemm")
 _CHUNK_ELEMS = 1 << 24
 
 
+def machine_constants(machine: str) -> dict:
+    """The cost model's constants for a device type (every device but CUDA is modelled as the CPU)."""
+    return MACHINES["cuda" if machine == "cuda" else "cpu"]
+
+
 def d_costs(rows: int, k: int, hidden: int, vocab: int, elt: int, machine: str) -> dict[str, float]:
     """Modelled seconds of each method (see the module docstring)."""
-    m = MACHINES["cuda" if machine == "cuda" else "cpu"]
+    m = machine_constants(machine)
     gather_bytes = rows * k * hidden * (3 * elt + 8 if m["gather_in_fp32"] else 3 * elt)
     gemm_bytes = vocab * hidden * elt + rows * hidden * (4 + 2 * elt) + rows * vocab * elt + rows * k * (elt + 4)
     return {
@@ -92,5 +97,5 @@ def candidate_distiller_logits(h_hat: Tensor, lm_head_weight: Tensor, cand_ids: 
         method = choose_d_method(rows, k, hidden, vocab, lm_head_weight.element_size(), machine)
     if method == "gemm":
         return distiller_logits_gemm(h_hat, lm_head_weight, cand_ids)
-    in_fp32 = MACHINES["cuda" if machine == "cuda" else "cpu"]["gather_in_fp32"]
+    in_fp32 = machine_constants(machine)["gather_in_fp32"]
     return distiller_logits_gather(h_hat, lm_head_weight, cand_ids, in_fp32)

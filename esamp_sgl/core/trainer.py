@@ -358,8 +358,6 @@ class TestTimeTrainer:
         hidden = x.shape[-1]
         p = bank.params if layout is None else bank.entry_params(layout, self._scratch_params)
         grad = self._scratch_grad.buffer(x.shape[0], bank.numel)  # every entry written below
-        if grad is None:
-            grad = torch.empty(x.shape[0], bank.numel, device=x.device)
         out, saved = bank.arch.forward_saving(x, p)
         diff = out - y
         loss = entry_loss(diff, coef)
