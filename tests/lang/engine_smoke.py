@@ -17,12 +17,14 @@ def everything(s):
     forks += assistant(gen("color", max_tokens=8, temperature=1.0, ignore_eos=True, explore=True))
     reports = [explore_report(f, "color") for f in forks]
     groups = [group_of(f) for f in forks]
+    # ignore_eos leaves the chat template's stop string (<|im_end|>) in force: a fork may stop early.
+    fork_tokens = [f.get_meta_info("color")["completion_tokens"] for f in forks]
     forks.join()
     s += user("Is red a color? Answer yes or no.")
     s += assistant(gen("answer", choices=["yes", "no"]))
     s += user("Name two animals.")
     s += assistant(gen("animals", max_tokens=6, n=2, explore=True))
-    return groups, reports
+    return groups, reports, fork_tokens
 
 
 @function
@@ -34,7 +36,7 @@ def streamed(s):
 def main() -> None:
     with open_engine_backend() as backend:
         state = everything.run(backend=backend)
-        groups, reports = state.ret_value
+        groups, reports, fork_tokens = state.ret_value
         stream_state = streamed.run(backend=backend, stream=True)
         chunks = list(stream_state.text_iter("count"))
         out = {
@@ -44,7 +46,7 @@ def main() -> None:
             "predictions": max(r["predictions"] for r in reports),
             "member_reports": [{k: r.get(k) for k in ("predictions", "tokens_reweighted", "steps_trained",
                                                       "warm_start_positions")} if r else None for r in reports],
-            "completion_tokens": 3 * 8,
+            "completion_tokens": sum(fork_tokens),
             "answer": state["answer"],
             "animals": state["animals"],
             "animal_groups": [r["group"] if r else None for r in explore_reports(state, "animals")],

@@ -20,8 +20,9 @@ def test_engine_backend_runs_forks_select_n_and_streaming():
     out = json.loads(line[len("RESULT "):])
     assert out["error"] is None and out["stream_error"] is None
     assert len(set(out["groups"])) == 1 and out["report_groups"] == out["groups"]
-    # Every row of every member predicted. On failure the members' own reports and the engine's log
-    # say which rows went stock (seen once in CI: 20 of 24, not reproduced since).
+    # Every row of every member predicted: the forks' own token counts (a fork may stop at the chat
+    # template's stop string before max_tokens; seen in CI as "20 of 24" and "23 of 24"), plus at most
+    # one row per fork that SGLang computed but trimmed with its stop string.
     assert out["completion_tokens"] <= out["predictions"] <= out["completion_tokens"] + 3, (
         out["member_reports"], done.stderr[-3000:])
     assert out["answer"] in ("yes", "no")
