@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from esamp_sgl.core.fit import RowFit, row_fit
+
 
 class FitGate:
     def __init__(self, slots: int, hidden: int, device: torch.device | str, *, window: int = 16,
@@ -33,11 +35,11 @@ class FitGate:
         self.enabled = enabled
         n = slots + 1
         self.mean_target = torch.zeros(n, hidden, device=self.device)
-        self.count = torch.zeros(n, device=self.device)
-        self.ema_sse = torch.zeros(n, device=self.device)
-        self.ema_sst = torch.zeros(n, device=self.device)
+        # The scalar state, one row per slot, so that a step updates it in a few launches; each
+        # field is a column view: EMA(SSE), EMA(SST), targets in μ, positions behind the estimate.
+        self.stats = torch.zeros(n, 4, device=self.device)
+        self.ema_sse, self.ema_sst, self.count, self.measured = self.stats.unbind(-1)
         self.window = window
-        self.measured = torch.zeros(n, device=self.device)  # positions behind the estimate
 
     def _index(self, slots: Tensor) -> Tensor:
         slots = slots.to(device=self.device, dtype=torch.int64)
@@ -64,30 +66,28 @@ class FitGate:
     @torch.no_grad()
     def update(self, slots: Tensor, mask: Tensor, h_hat: Tensor, target: Tensor) -> None:
         """Fold one step's predictions into the slots' running fit; then their targets into μ."""
-        y = target.to(device=self.device, dtype=torch.float32)
-        idx = self._index(slots)
-        ok = mask.to(self.device) & (slots.to(self.device) >= 0)
-        ok &= torch.isfinite(h_hat).all(-1) & torch.isfinite(y).all(-1)
-        w = ok.to(torch.float32)
+        self.update_fit(row_fit(slots, mask, h_hat, target, self.sink))
+
+    @torch.no_grad()
+    def update_fit(self, fit: RowFit) -> None:
+        """update() on a step's fit computed once (core/fit.py), shared with the telemetry."""
+        idx = fit.idx.to(self.device)
         # SST needs a mean from earlier positions: rows of a slot seen for the first time only feed μ.
-        scored = w * (self.count.index_select(0, idx) > 0).to(torch.float32)
-        mu = self.mean_target.index_select(0, idx)
-        zero = torch.zeros_like(w)
-        sse = torch.where(ok, (h_hat - y).square().sum(-1), zero) * scored
-        sst = torch.where(ok, (y - mu).square().sum(-1), zero) * scored
-        n = torch.zeros_like(self.count).index_add_(0, idx, scored)
-        step_sse = torch.zeros_like(self.count).index_add_(0, idx, sse) / n.clamp(min=1.0)
-        step_sst = torch.zeros_like(self.count).index_add_(0, idx, sst) / n.clamp(min=1.0)
-        first = self.ema_sst <= 0
-        a = torch.where(first, torch.ones_like(n), torch.full_like(n, 1.0 - self.decay))
-        seen = n > 0
-        self.measured += n
+        scored = fit.ok & (self.count.index_select(0, idx) > 0)
+        sst = (fit.y - self.mean_target.index_select(0, idx)).square().sum(-1)
+        per_row = torch.stack([torch.where(scored, fit.sq, 0.0), torch.where(scored, sst, 0.0),
+                               scored.float(), fit.ok.float()], -1)
+        # Per slot: Σ SSE, Σ SST, scored rows n, rows k that feed μ.
+        sums = torch.zeros_like(self.stats).index_add_(0, idx, per_row)
+        n, k = sums[:, 2], sums[:, 3]
+        step = sums[:, :2] / n.clamp(min=1.0).unsqueeze(-1)  # this step's mean SSE, SST
+        a = torch.where(self.ema_sst <= 0, 1.0, 1.0 - self.decay).unsqueeze(-1)  # first: take the step's
+        ema = self.stats[:, :2]
         # In place: a reader of these tensors on another stream (telemetry) keeps reading the same storage.
-        self.ema_sse.copy_(torch.where(seen, self.ema_sse + a * (step_sse - self.ema_sse), self.ema_sse))
-        self.ema_sst.copy_(torch.where(seen, self.ema_sst + a * (step_sst - self.ema_sst), self.ema_sst))
+        ema.copy_(torch.where((n > 0).unsqueeze(-1), ema + a * (step - ema), ema))
+        self.measured += n
         # μ ← running mean of every target seen (the sink's value is never read).
-        y_sum = torch.zeros_like(self.mean_target).index_add_(0, idx, torch.where(ok.unsqueeze(-1), y, 0.0))
-        k = torch.zeros_like(self.count).index_add_(0, idx, w)
+        y_sum = torch.zeros_like(self.mean_target).index_add_(0, idx, fit.y_ok)
         total = self.count + k
         self.mean_target.copy_(torch.where(
             (k > 0).unsqueeze(-1),
@@ -114,5 +114,5 @@ class FitGate:
     @torch.no_grad()
     def reset(self, slot_ids: Tensor) -> None:
         idx = slot_ids.to(device=self.device, dtype=torch.int64).reshape(-1)
-        for t in (self.mean_target, self.count, self.ema_sse, self.ema_sst, self.measured):
+        for t in (self.mean_target, self.stats):
             t.index_fill_(0, idx, 0.0)

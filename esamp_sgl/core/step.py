@@ -16,6 +16,7 @@ from torch import Tensor
 from esamp_sgl.core.candidates import CandidateSet, candidate_set, effective_top_k
 from esamp_sgl.core.dlogits import candidate_distiller_logits
 from esamp_sgl.core.explorer import Explorer
+from esamp_sgl.core.fit import row_fit
 from esamp_sgl.core.layout import SlotLayout, layout_from_device
 from esamp_sgl.core.latent import error_noise, latent_scores
 from esamp_sgl.core.plan import StepPlan
@@ -381,8 +382,9 @@ def record_draw(ex: Explorer, batch: StepBatch, has_slot: Tensor, tokens: Tensor
 
 def record_fit(ex: Explorer, slots: Tensor, has_slot: Tensor, h_hat: Tensor, target: Tensor) -> None:
     """The held-out fit of the prediction made before training: telemetry and the group's fit gate."""
-    ex.telemetry.record_prediction(slots, has_slot, h_hat, target)
-    ex.gate.update(slots, has_slot, h_hat, target)
+    fit = row_fit(slots, has_slot, h_hat, target, ex.telemetry.sink)  # computed once for both
+    ex.telemetry.record_fit(fit)
+    ex.gate.update_fit(fit)
 
 
 def learn_from_step(ex: Explorer, plan: StepPlan, source: Tensor, target: Tensor, h_hat: Tensor,

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from esamp_sgl.core.fit import RowFit, finite, row_fit
+
 _F64 = torch.float64
 # The counters' columns, in record order: each record call writes one contiguous block.
 COUNTERS = ("train_steps", "train_loss_sum", "train_loss_count", "train_nonfinite",  # trainer
@@ -30,18 +32,6 @@ def group_report(reports: Iterable[dict[str, Any] | None]) -> dict[str, Any] | N
     most predictions, i.e. the member that left last and saw the most steps; None if none explored."""
     present = [r for r in reports if r]
     return max(present, key=lambda r: r.get("predictions") or 0) if present else None
-
-
-def finite(x: Tensor) -> Tensor:
-    """isfinite(x) in 2 kernels (torch.isfinite decomposes into 4): x·0 is 0 exactly when x is
-    finite, NaN otherwise."""
-    return (x * 0) == 0
-
-
-def rows_finite(x: Tensor) -> Tensor:
-    """[R] isfinite(x).all(-1) for x [R, H] in 3 kernels: Σ x·0 is 0 exactly when every entry is
-    finite (no overflow: every term is ±0), NaN otherwise."""
-    return (x * 0).sum(-1) == 0
 
 
 def candidate_corr(d: Tensor, z: Tensor, keep: Tensor, min_count: int = 3) -> tuple[Tensor, Tensor]:
@@ -122,17 +112,17 @@ class Telemetry:
     @torch.no_grad()
     def record_prediction(self, slot: Tensor, mask: Tensor, h_hat: Tensor, target: Tensor) -> None:
         """Novelty (per-row MSE of the prediction used for sampling) and R² accumulators."""
-        target = target.to(device=h_hat.device, dtype=torch.float32)
-        idx = self._index(slot, mask)
-        sq = (h_hat - target).square().sum(-1)  # [R]; not finite iff an entry is not
-        ok = mask & finite(sq) & rows_finite(target)
-        sq = torch.where(ok, sq, 0.0)
-        nonfinite = mask & ~rows_finite(h_hat)
-        vals = torch.stack([sq / h_hat.shape[-1], ok.float(), nonfinite.float(), sq], -1)
-        t64 = torch.where(ok.unsqueeze(-1), target, 0.0).to(_F64)
-        vals = torch.cat([vals.to(_F64), t64.square().sum(-1, keepdim=True)], -1)
+        self.record_fit(row_fit(slot, mask, h_hat, target, self.sink))
+
+    @torch.no_grad()
+    def record_fit(self, fit: RowFit) -> None:
+        """record_prediction on a step's fit computed once (core/fit.py), shared with the gate."""
+        vals = torch.stack([fit.sq / fit.y.shape[-1], fit.ok.float(), fit.nonfinite.float(), fit.sq], -1)
+        y64 = fit.y_ok.to(_F64)
+        vals = torch.cat([vals.to(_F64), y64.square().sum(-1, keepdim=True)], -1)
+        idx = fit.idx.to(self.device)
         self._block("novelty_sum", "target_sq_sum").index_add_(0, idx, vals)
-        self.target_sum.index_add_(0, idx, t64)
+        self.target_sum.index_add_(0, idx, y64)
 
     @torch.no_grad()
     def record_candidates(self, slot: Tensor, has_slot: Tensor, reweighted: Tensor,
