@@ -342,11 +342,11 @@ class StockArm:
 
 def _state_tensors(ex: Explorer) -> list[Tensor]:
     """Every tensor a decode step changes that a later step's sampling reads: the Distiller's
-    parameters, the optimiser's moments and step counts, the fit gate. (Telemetry is write-only for
-    sampling and is not restored.) Looked up anew each time: the gate replaces its tensors."""
+    parameters, the optimiser's moments and step counts, the fit gate (its EMAs, its mean target and
+    the positions behind them, which open it). Telemetry is write-only for sampling and is not restored."""
     tr, g = ex.trainer, ex.gate
     return [*ex.bank.params.values(), *tr.exp_avg.values(), *tr.exp_avg_sq.values(), tr.step_count,
-            g.mean_target, g.count, g.ema_sse, g.ema_sst]
+            g.mean_target, g.stats]
 
 
 def snapshot(ex: Explorer) -> list[Tensor]:

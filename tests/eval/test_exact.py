@@ -138,6 +138,32 @@ def test_replayed_branch_state_and_probabilities_are_the_servers_explore_step(on
     ex.close()
 
 
+def test_restore_puts_back_every_field_of_the_fit_gate(one_intra_op_thread):
+    """A branch's replay must not leak into its sibling's: the gate's positions measured included
+    (it opens at `gate_window` of them), not only its EMAs and mean."""
+    from esamp_sgl.core.explorer import Explorer
+    from esamp_sgl.core.step import learn_from_step
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = 16
+    config = exact.parse_arm("esamp:rank=4,gate_window=4").config.model_copy(update=exact.RUN_OVERRIDES)
+    ex = Explorer(config, hidden, torch.randn(40, hidden, generator=gen), device="cpu")
+    slot = ex.join_group("g")
+    x, y = torch.randn(3, hidden, generator=gen), torch.randn(3, hidden, generator=gen)
+    ex.warm_start_group("g", x, y)
+    before = [t.clone() for t in (ex.gate.stats, ex.gate.mean_target)]
+    state = exact.snapshot(ex)
+    plan = StepPlan(slots=torch.tensor([slot]), betas=torch.full((1,), config.beta), any_active=True)
+    for _ in range(2):
+        source, target = torch.randn(1, hidden, generator=gen), torch.randn(1, hidden, generator=gen)
+        learn_from_step(ex, plan, source, target, ex.bank(source, plan.slots), torch.ones(1, dtype=torch.bool))
+    ex.trainer.wait()
+    assert not torch.equal(ex.gate.measured, before[0][:, 3])  # the steps did measure
+    exact.restore(ex, state)
+    assert torch.equal(ex.gate.stats, before[0]) and torch.equal(ex.gate.mean_target, before[1])
+    ex.close()
+
+
 # -- the tree on the real model --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm(model_path):
