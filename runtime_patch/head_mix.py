@@ -17,7 +17,8 @@ W_U·h_mix once, as in the paper, and the sampler keeps the engine's token for t
 SGLang reports for them are those of the mixed distribution, the one the token was drawn from.
 
 Where the hooks cannot run — a CUDA-graph replay (no Python), a graph being captured (it would bake
-this step's mix in), the first token (an extend forward), a target other than the final norm — the
+this step's mix in), the first token (an extend forward), a target other than the final norm, tensor
+parallelism (the sharded head would need every group's ĥ on every rank; tensor_parallel.py) — the
 sampler mixes after the head instead (`mix_latent`: one more projection, same distribution). On CUDA
 SGLang replays decode steps from graphs by default, so there this is the common path until the mix is
 made graph-safe (docs/performance.md § 9).
@@ -48,7 +49,7 @@ def decode_step(runtime, forward_batch, hidden_states, aux_hidden_states) -> Ste
     for this step (the sampler then checks, mixes after the head or samples stock), counted in
     the runtime's `head_mix_failures` and logged."""
     if (runtime is None or aux_hidden_states is None or runtime.taps.target_index is not None
-            or not runtime.config.latent_mixing or _capturing()):
+            or not runtime.config.latent_mixing or runtime.ownership is not None or _capturing()):
         return None
     info = getattr(forward_batch, "sampling_info", None)
     try:

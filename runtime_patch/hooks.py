@@ -17,7 +17,7 @@ from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_req
 from runtime_patch.runtime import SchedulerState
 from runtime_patch.settings import load_server_config
 from runtime_patch.taps import configure_taps, prompt_positions
-from runtime_patch.tensor_parallel import check_tensor_parallel, full_lm_head_weight
+from runtime_patch.tensor_parallel import check_tensor_parallel, full_lm_head_weight, row_ownership
 
 logger = logging.getLogger("esamp_sgl.hooks")
 
@@ -59,11 +59,16 @@ def bind_model(result, runner):
     explorer = Explorer(config, hidden, full_lm_head_weight(runner.model.lm_head), device=runner.device)
     STATE.runtime = runner.sampler.runtime = SchedulerState(config, explorer, taps)
     STATE.runtime.dp_rank = get_parallel().dp_rank
+    STATE.runtime.ownership = row_ownership(get_parallel().tp_group)  # None without TP
     from runtime_patch.metrics import scheduler_metrics
 
     STATE.runtime.metrics = scheduler_metrics(STATE.runtime)  # None without --enable-metrics
-    logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g, training %s)",
-                taps.capture_indices, config.max_groups, config.rule, config.beta, explorer.train_mode)
+    ownership = STATE.runtime.ownership
+    logger.info("esamp: ready (taps at residual indices %s, %d bank slots, rule %s, beta %g, training %s%s)",
+                taps.capture_indices, config.max_groups, config.rule, config.beta, explorer.train_mode,
+                "" if ownership is None else
+                f"; TP rank {ownership.rank} of {ownership.size} computes the groups in slots s % {ownership.size} "
+                f"== {ownership.rank}")
     return result
 
 

@@ -19,6 +19,7 @@ from esamp_sgl.core.plan import StepPlan, plan_step
 from esamp_sgl.core.prompt_pairs import PromptPairs
 from runtime_patch.rows import BatchRows
 from runtime_patch.taps import Taps
+from runtime_patch.tensor_parallel import RowOwnership
 
 logger = logging.getLogger("esamp_sgl.runtime")
 
@@ -62,6 +63,9 @@ class SchedulerState:
         self.lm_head_norm = lm_head_norm(explorer.lm_head_weight)
         # runtime_patch.metrics.ESampMetrics with --enable-metrics (set in hooks.bind_model), else None.
         self.metrics = None
+        # Under --tp-size > 1: which rank computes which group (tensor_parallel.py; set in bind_model).
+        self.ownership: RowOwnership | None = None
+        self.rows_planned = 0  # rows this process planned ESamp work for (under TP: its own groups')
 
     # -- lifecycle ----------------------------------------------------------------------------------
     @staticmethod
@@ -103,7 +107,14 @@ class SchedulerState:
     def member_report(self, member: Member) -> dict:
         if member.slot is None:
             return {"group": member.group, "status": "bank_full"}
-        out = self.explorer.report(member.group)
+        if self.ownership is not None:  # the group's counters are its owner's
+            return self.ownership.report_from_owner(member.slot, lambda: self._group_report(member.group))
+        return self._group_report(member.group)
+
+    def _group_report(self, group: str) -> dict:
+        out = self.explorer.report(group)
+        if self.ownership is not None:
+            out["tp_rank"] = self.ownership.rank
         # nonfinite_prediction: some of the group's rows were sampled stock because the Distiller's
         # prediction was NaN/inf; nonfinite_reset: a non-finite loss reset the Distiller.
         out["status"] = ("nonfinite_prediction" if out.get("nonfinite_predictions")
@@ -139,7 +150,7 @@ class SchedulerState:
             offset += count
         for rid, span in zip(rows.rids, rows.spans):
             member = self.members.get(rid)
-            if span is None or not span.completes_prompt or member is None or member.slot is None:
+            if span is None or not span.completes_prompt or member is None or not self.computes(member):
                 continue
             if not self.explorer.needs_warm_start(member.group):
                 continue
@@ -172,12 +183,26 @@ class SchedulerState:
                            type(exc).__name__, exc, exc_info=exc if self.head_mix_failures == 1 else None)
 
     # -- per step -----------------------------------------------------------------------------------
+    def computes(self, member: Member) -> bool:
+        """This process runs the member's group's ESamp work (it has a slot, and under TP this rank
+        owns it)."""
+        return member.slot is not None and (self.ownership is None or self.ownership.owns(member.slot))
+
+    def row_slots(self, rows: BatchRows) -> list[int]:
+        """Each row's bank slot, -1 for a row that does not explore (the same on every TP rank)."""
+        slots = []
+        for rid, request in zip(rows.rids, rows.requests):
+            member = self.members.get(rid) if request is not None else None
+            slots.append(-1 if member is None or member.slot is None else member.slot)
+        return slots
+
     def step_plan(self, rows: BatchRows, device: torch.device) -> StepPlan:
-        """The step's plan (esamp_sgl/core/plan.py) from each row's membership and ESamp options."""
+        """The step's plan (esamp_sgl/core/plan.py) from each row's membership and ESamp options;
+        under TP, rows of groups another rank owns are stock rows here."""
         slots, betas, train, rules = [], [], [], []
         for rid, request in zip(rows.rids, rows.requests):
             member = self.members.get(rid) if request is not None else None
-            if member is None or member.slot is None:
+            if member is None or not self.computes(member):
                 slots.append(-1)
                 betas.append(0.0)
                 train.append(False)
@@ -188,6 +213,7 @@ class SchedulerState:
             betas.append(beta)
             train.append(trains)
             rules.append(rule)
+        self.rows_planned += sum(s >= 0 for s in slots)
         return plan_step(slots, betas, train, rules, device)
 
     def slots_in_use(self) -> int:
@@ -207,6 +233,8 @@ class SchedulerState:
             "head_mix_failures": self.head_mix_failures,
             "warm_start_failures": self.warm_start_failures,
             "dp_rank": self.dp_rank,
+            "tp_rank": None if self.ownership is None else self.ownership.rank,
+            "rows_planned": self.rows_planned,
             "weight_updates": self.weight_updates,
             "lm_head_norm": self.lm_head_norm,
         }

@@ -64,6 +64,8 @@ class StepContext:
     source: torch.Tensor
     target: torch.Tensor
     head: HeadInput | None = None  # the latent mixing done before the LM head (head_mix.py), if any
+    # Under TP: [rows] bool, the rows another rank explores (their tokens come from it: combine)
+    foreign: torch.Tensor | None = None
 
 
 def step_context(runtime: SchedulerState | None, sampling_info, hidden_states) -> StepContext | None:
@@ -75,10 +77,12 @@ def step_context(runtime: SchedulerState | None, sampling_info, hidden_states) -
     if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
         return None  # e.g. an idle/dummy batch: nothing captured for these rows
     plan = runtime.step_plan(rows, hidden_states.device)
-    if not plan.any_active:
+    foreign = None if runtime.ownership is None else runtime.ownership.foreign_rows(
+        runtime.row_slots(rows), hidden_states.device)
+    if not plan.any_active and foreign is None:
         return None
     source, target = runtime.taps.split(hidden_states)
-    return StepContext(plan, source, target)
+    return StepContext(plan, source, target, foreign=foreign)
 
 
 def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
@@ -142,9 +146,6 @@ class ESampSampler(Sampler):
                 ids = self._explore(self._step, logits_output.next_token_logits, None, sampling_info,
                                     StockDraw(lambda: (stock_ids, None))).to(stock_ids.dtype)
                 _mark_greedy_mask(logits_output, sampling_info, stock_ids, ids)
-                # The parent's TP token sync ran on the stock ids; sync the explored ones too (a no-op
-                # unless SYNC_TOKEN_IDS_ACROSS_TP, which the esamp backend requires under --tp-size > 1).
-                self._sync_token_ids_across_tp(ids, sampling_info)
             if self.runtime is not None:
                 self.runtime.steps += 1
             return ids
@@ -159,9 +160,10 @@ class ESampSampler(Sampler):
         stock = StockDraw(sglang_draw)
         if self._step is None:
             return stock(), stock.mask
-        if sampling_info.sampling_mask_batch_indices is not None:
-            # SGLang captures the sampling mask inside its own draw: run it now, even if ESamp
-            # redraws every row (step.with_stock_rows would then skip it).
+        if sampling_info.sampling_mask_batch_indices is not None or self._step.foreign is not None:
+            # Run SGLang's draw now, even if ESamp redraws every row (step.with_stock_rows would
+            # then skip it): it captures the sampling mask, and under TP every rank must advance
+            # the engine's generator alike (tensor_parallel.py).
             stock()
         # `probs` is softmax(logits / T) after SGLang's processors; log(probs) equals the scaled
         # logits up to a per-row constant, which every rule and softmax over candidates ignores,
@@ -192,7 +194,14 @@ class ESampSampler(Sampler):
             return None
 
     def _explore(self, step: StepContext, logits, probs, sampling_info, stock: StockDraw) -> torch.Tensor:
-        """ESamp's one entry: the step's tokens, or the stock draw's when a check or the step fails."""
+        """ESamp's one entry: the step's tokens, or the stock draw's when a check or the step fails.
+        Under TP every rank then exchanges its rows' tokens, whatever happened here (tensor_parallel.py)."""
+        ids = self._explored_ids(step, logits, probs, sampling_info, stock)
+        if step.foreign is not None:
+            ids = self.runtime.ownership.combine(ids, step.foreign)
+        return ids
+
+    def _explored_ids(self, step: StepContext, logits, probs, sampling_info, stock: StockDraw) -> torch.Tensor:
         reason = launch_check(self.runtime, step, sampling_info, probs if probs is not None else logits)
         if reason is not None:
             self._count_failure(reason)

@@ -145,7 +145,8 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
                "OpenAI completions telemetry", _hooks(Kind.AFTER, f"{_SERVING}completion_response_telemetry")),
     # -- tensor parallelism -----------------------------------------------------------------------------
     TouchPoint(f"{_SAMPLER}.SYNC_TOKEN_IDS_ACROSS_TP", "required under --tp-size > 1"),
-    TouchPoint(f"{_SAMPLER}.Sampler._sync_token_ids_across_tp", "TP token sync of explored greedy ids"),
+    TouchPoint("sglang.srt.distributed.parallel_state.GroupCoordinator",
+               "the TP group (get_parallel().tp_group): each rank explores its own groups, tokens exchanged"),
     TouchPoint("sglang.srt.layers.vocab_parallel_embedding.VocabParallelEmbeddingShardIndices",
                "where a TP rank's LM-head rows sit in the vocabulary"),
     # -- online weight updates (RL loops): re-bind the LM head, restart live groups ---------------------

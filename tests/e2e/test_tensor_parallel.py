@@ -53,6 +53,33 @@ def test_explore_under_tensor_parallelism(tp_server, chat_prompt):
     assert "exploration step failed" not in tp_server.log_path.read_text(errors="replace")
 
 
+def _explore(tp_server, texts: list[str], n: int) -> list[dict]:
+    body = {"text": texts, "sampling_params": {"n": n, "max_new_tokens": MAX_TOKENS, "ignore_eos": True,
+                                               "temperature": 1.0, "min_p": 0.05, "custom_params": {"esamp": True}}}
+    response = requests.post(tp_server.url + "/generate", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    return [o["meta_info"]["esamp"][0] for o in response.json()]
+
+
+def test_each_tp_rank_explores_its_own_groups(tp_server, chat_prompt):
+    """Two groups in one batch, in slots 0 and 1: rank 0 computes one, rank 1 the other, and rank 0 (the
+    one that streams to the client) planned ESamp work for its own group's rows only."""
+    before = max(t["server"]["rows_planned"] for t in _explore(tp_server, [chat_prompt("Name a fruit.")], 2))
+    telemetry = _explore(tp_server, [chat_prompt("Name three animals."), chat_prompt("Name three rivers.")], 2)
+    groups = {}
+    for t in telemetry:  # each member's report at its leave; the group's last has every prediction
+        if t["predictions"] >= groups.get(t["group"], {}).get("predictions", -1):
+            groups[t["group"]] = t
+    assert len(groups) == 2 and all(t["status"] == "ok" for t in telemetry)
+    assert sorted(t["tp_rank"] for t in groups.values()) == [0, 1]
+    for t in groups.values():
+        assert t["tp_rank"] == t["slot"] % TP_SIZE
+        assert t["predictions"] > 0 and t["tokens_reweighted"] == t["predictions"]
+    planned_on_rank0 = max(t["server"]["rows_planned"] for t in telemetry) - before
+    owned_by_rank0 = next(t for t in groups.values() if t["tp_rank"] == 0)["predictions"]
+    assert planned_on_rank0 == owned_by_rank0  # not the other group's rows: rank 1 computed those
+
+
 def test_a_weight_update_reassembles_the_full_lm_head_on_every_rank(tp_server, chat_prompt, model_path, tmp_path):
     """Under TP the Explorer holds an assembled copy of the head, not the model's parameter: without the
     re-assembly after an update, `d` would keep using the old weights."""
