@@ -5,7 +5,8 @@ Two AROUND hooks do that here, for the rows `esamp_sgl.core.step.mix_before_head
 mixing on, a latent rule, no top-k/top-p/min-p, not greedy):
 
 * on `LogitsProcessor.forward` (decode batches): build the step (row plan, taps) from the batch's
-  rows and captured streams, predict ĥ and compute the LM head's input; run the forward with that
+  rows and captured streams, predict ĥ (or join the prediction started beside layers 2…L on the
+  CPU's worker, with its plan: beside.py) and compute the LM head's input; run the forward with that
   input pending; hand the step to the sampler on the output (`sampler.STEP_ATTR`), so it neither
   predicts nor splits the taps again;
 * on `LogitsProcessor._get_logits`: project the mixed states instead of h when it is called on
@@ -27,10 +28,12 @@ made graph-safe (docs/performance.md § 9).
 from __future__ import annotations
 
 import contextvars
+from dataclasses import replace
 
 import torch
 
 from esamp_sgl.core.step import mix_before_head
+from runtime_patch.beside import early_step
 from runtime_patch.sampler import STEP_ATTR, StepContext, launch_check, step_batch, step_context
 from runtime_patch.taps import prompt_positions
 
@@ -52,15 +55,20 @@ def decode_step(runtime, forward_batch, hidden_states, aux_hidden_states) -> Ste
             or not runtime.config.latent_mixing or runtime.ownership is not None or _capturing()):
         return None
     info = getattr(forward_batch, "sampling_info", None)
+    early = early_step()  # the plan, and ĥ in flight, if the source tap's hook started them (beside.py)
     try:
         rows = hidden_states.shape[0]
-        step = step_context(runtime, info, prompt_positions(aux_hidden_states, hidden_states, 0, rows))
+        step = step_context(runtime, info, prompt_positions(aux_hidden_states, hidden_states, 0, rows),
+                            plan=None if early is None else early.plan)
         if step is None:
             return None
         reason = launch_check(runtime, step, info, None)
         if reason is not None:
             raise ValueError(reason)
-        step.head = mix_before_head(runtime.explorer, step_batch(step, info, None, None))
+        batch = step_batch(step, info, None, None)
+        if early is not None and early.prediction is not None:
+            batch = replace(batch, h_hat=early.prediction.result())
+        step.head = mix_before_head(runtime.explorer, batch)
     except Exception as exc:  # never take the forward down
         runtime.count_head_mix_failure(exc)
         return None

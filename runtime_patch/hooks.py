@@ -12,7 +12,7 @@ import logging
 
 from esamp_sgl.core.config import TELEMETRY_KEY, ExploreRequest, check_request_profile
 from esamp_sgl.core.explorer import Explorer
-from runtime_patch import head_mix
+from runtime_patch import beside, head_mix
 from runtime_patch.rows import ROWS_ATTR, BatchRows, asks_for_esamp, explore_request_of, extend_span, prompt_key_of, rows_of
 from runtime_patch.runtime import SchedulerState
 from runtime_patch.settings import load_server_config
@@ -140,6 +140,18 @@ def on_logits_forward(original, processor, input_ids, hidden_states, lm_head, lo
     if forward_mode is not None and forward_mode.is_extend():
         warm_start_on_extend(hidden_states, logits_metadata, *args, **kwargs)
     return original(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs)
+
+
+def track_forward(original, runner, forward_batch, *args, **kwargs):
+    """AROUND ModelRunner._forward_raw: the forward batch, for capture_source (beside.py)."""
+    if STATE.runtime is None:
+        return original(runner, forward_batch, *args, **kwargs)
+    return beside.track_forward(original, runner, forward_batch, *args, **kwargs)
+
+
+def capture_source(original, captures, hidden, *args, **kwargs):
+    """AROUND AuxHiddenStateList.capture: the prediction starts beside layers 2…L (beside.py)."""
+    return beside.on_capture(STATE.runtime, original, captures, hidden, *args, **kwargs)
 
 
 def warm_start_on_extend(hidden_states, logits_metadata, *args, **kwargs) -> None:

@@ -53,6 +53,8 @@ class SchedulerState:
         # after it (the first token, CUDA-graph replays).
         self.head_mix_steps = 0
         self.head_mix_failures = 0  # forwards left stock because the mix before the head raised
+        # Decode steps whose ĥ was computed on the CPU's worker beside layers 2…L (beside.py).
+        self.predictions_beside = 0
         # Prefill warm starts that raised (e.g. out of memory): those groups start from init, gate shut
         # (count_warm_start_failure; reported in summary()).
         self.warm_start_failures = 0
@@ -231,6 +233,7 @@ class SchedulerState:
             "train_mode": self.explorer.train_mode,  # resolved: sync, cpu_thread or cuda_stream
             "head_mix_steps": self.head_mix_steps,
             "head_mix_failures": self.head_mix_failures,
+            "predictions_beside": self.predictions_beside,
             "warm_start_failures": self.warm_start_failures,
             "dp_rank": self.dp_rank,
             "tp_rank": None if self.ownership is None else self.ownership.rank,

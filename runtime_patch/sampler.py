@@ -68,15 +68,16 @@ class StepContext:
     foreign: torch.Tensor | None = None
 
 
-def step_context(runtime: SchedulerState | None, sampling_info, hidden_states) -> StepContext | None:
+def step_context(runtime: SchedulerState | None, sampling_info, hidden_states,
+                 plan: StepPlan | None = None) -> StepContext | None:
     """The step's row plan and taps, or None when no row of the batch explores. `hidden_states`: the
-    captured [rows, width] streams (Taps.split)."""
+    captured [rows, width] streams (Taps.split); `plan`: the step's plan if made already (beside.py)."""
     rows = rows_of(sampling_info)
     if runtime is None or rows is None or not rows.any_requested:
         return None
     if hidden_states is None or hidden_states.shape[0] != len(rows.rids):
         return None  # e.g. an idle/dummy batch: nothing captured for these rows
-    plan = runtime.step_plan(rows, hidden_states.device)
+    plan = plan if plan is not None else runtime.step_plan(rows, hidden_states.device)
     foreign = None if runtime.ownership is None else runtime.ownership.foreign_rows(
         runtime.row_slots(rows), hidden_states.device)
     if not plan.any_active and foreign is None:

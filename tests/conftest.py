@@ -104,7 +104,10 @@ def esamp_server(model_path: Path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def paper_server(model_path: Path, tmp_path_factory):
-    """An `esamp` server running the paper's profile (ESAMP_SGL_PROFILE=paper)."""
-    server = _server(model_path, "esamp", tmp_path_factory, env={"ESAMP_SGL_PROFILE": "paper"})
+    """An `esamp` server running the paper's profile (ESAMP_SGL_PROFILE=paper), training on the CPU's
+    worker thread (what `auto` picks when torch leaves a core free, as in the overhead benchmark), so
+    that its prediction runs beside the layers (runtime_patch/beside.py)."""
+    server = _server(model_path, "esamp", tmp_path_factory,
+                     env={"ESAMP_SGL_PROFILE": "paper", "ESAMP_SGL_TRAIN_MODE": "cpu_thread"})
     yield server
     server.stop()

@@ -7,6 +7,7 @@ engine's second entry, inside its forward: the paper's latent mixing before the 
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ from esamp_sgl.core.plan import StepPlan
 from esamp_sgl.core.reweight import draw_tokens, host_mask, reweighted_logits
 from esamp_sgl.core.rules import GATED_SIGNALS, LATENT_VECTOR, RULE_SIGNAL, signals_needed
 from esamp_sgl.core.telemetry import candidate_corr
+from esamp_sgl.core.trainer import TestTimeTrainer
 
 
 @dataclass
@@ -174,6 +176,29 @@ def predict(ex: Explorer, batch: StepBatch) -> Tensor:
     return ex.bank(batch.source, batch.slots, layout=batch.layout)
 
 
+@dataclass
+class PredictionBeside:
+    """ĥ being computed on the training worker while the engine's thread goes on (predict_beside)."""
+
+    future: Future
+    trainer: TestTimeTrainer
+
+    def result(self) -> Tensor:
+        """ĥ [R, H] fp32, as predict() gives it: joins the worker; a failed training step fails this step."""
+        self.trainer.wait(raise_failure=True)
+        return self.future.result()
+
+
+def predict_beside(ex: Explorer, source: Tensor, plan: StepPlan) -> PredictionBeside | None:
+    """The paper's prediction beside layers 2…L (Alg. 1): as soon as the engine has the shallow
+    tap, start predict()'s ĥ for `plan`'s rows on the CPU's training worker (train_mode cpu_thread),
+    after the training step in flight there, so it runs while the engine computes the rest of its
+    forward. Same inputs, parameters and ops as predict(). None where there is no worker."""
+    layout = plan.layout if plan.layout is not None else layout_from_device(plan.slots, plan.train)
+    future = ex.trainer.run_beside(lambda: ex.bank(source, plan.slots, layout=layout))
+    return None if future is None else PredictionBeside(future, ex.trainer)
+
+
 def reads_distiller(rule: str) -> bool:
     """The rule reads the group's Distiller (its d, or the size of its error): the fit gate scales it."""
     return RULE_SIGNAL[rule] in GATED_SIGNALS
@@ -286,7 +311,7 @@ def mix_before_head(ex: Explorer, batch: StepBatch) -> HeadInput | None:
     if latent is None:
         return None
     batch = planned(ex, batch)
-    h_hat = predict(ex, batch)
+    h_hat = batch.h_hat if batch.h_hat is not None else predict(ex, batch)  # given: predict_beside's
     betas = gated_betas(ex, batch)
     mixed = latent & applies(ex, batch, betas, h_hat)
     h = batch.target
@@ -322,8 +347,13 @@ class Explored:
 def every_row_latent(ex: Explorer, batch: StepBatch) -> bool:
     """Host-side: every exploring row of the batch mixes in latent space (no filter in the batch by
     the engine's flags, and every row's rule mixes), so no row needs the candidate path."""
-    names = [batch.rules] if isinstance(batch.rules, str) else batch.rules
-    return ex.config.latent_mixing and batch.unfiltered and all(r in LATENT_VECTOR for r in names)
+    return mixes_every_row(ex, batch.rules, batch.unfiltered)
+
+
+def mixes_every_row(ex: Explorer, rules: str | Sequence[str], unfiltered: bool) -> bool:
+    """every_row_latent from the plan's rules and the engine's batch flags alone (no tensors)."""
+    names = [rules] if isinstance(rules, str) else rules
+    return ex.config.latent_mixing and unfiltered and all(r in LATENT_VECTOR for r in names)
 
 
 def sample_explored(ex: Explorer, batch: StepBatch, h_hat: Tensor) -> Explored:

@@ -52,6 +52,7 @@ the telemetry counts it; the other slots in the same step are trained normally.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -64,6 +65,8 @@ from esamp_sgl.core.distiller import DistillerBank, Scratch, bank_block_rows, in
 from esamp_sgl.core.layout import SlotLayout, layout_from_row_slots, layout_of_rows, to_device
 from esamp_sgl.core.streams import StreamFence
 from esamp_sgl.core.telemetry import Telemetry
+
+T = TypeVar("T")
 
 ADAM_BETAS = (0.9, 0.999)
 NONFINITE_RESET_EVERY = 32  # training steps between resets of non-finite slots (host reads not free)
@@ -136,7 +139,8 @@ class TestTimeTrainer:
         if mode == "cuda_stream":
             self._stream = torch.cuda.Stream(device=bank.device)
         self._worker: ThreadPoolExecutor | None = None
-        self._running: Future | None = None  # cpu_thread: the training step in flight
+        # cpu_thread: the work in flight on the worker, in order: (future, is a training step)
+        self._running: list[tuple[Future, bool]] = []
         self._failure: BaseException | None = None  # cpu_thread: what a finished step raised, unreported
         if mode == "cpu_thread":
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esamp-train")
@@ -169,7 +173,7 @@ class TestTimeTrainer:
             y = target.detach().to(dev).index_select(0, layout.gather)
         self.wait()  # after every earlier write, e.g. a slot reset queued on another stream
         if self._worker is not None:
-            self._running = self._worker.submit(self._run, x, y, layout, steps, lr, warm)
+            self._running.append((self._worker.submit(self._run, x, y, layout, steps, lr, warm), True))
             return
         if self.mode == "sync":
             self._run(x, y, layout, steps, lr, warm)
@@ -208,15 +212,28 @@ class TestTimeTrainer:
         gone = np.asarray(slots, dtype=np.int64)
         self._pending = [(x, y, np.where(np.isin(s, gone), -1, s)) for x, y, s in self._pending]
 
+    def run_beside(self, fn: Callable[[], T]) -> Future | None:
+        """cpu_thread: run `fn` on the worker after everything queued there (the training step in
+        flight), while the engine's thread goes on; wait() joins it as it joins training (its
+        exception is the caller's, from the future, not a training failure). None in the other
+        modes: there is no worker to run it beside the engine."""
+        if self._worker is None:
+            return None
+        future = self._worker.submit(fn)
+        self._running.append((future, False))
+        return future
+
     def wait(self, raise_failure: bool = False) -> None:
         """Order everything queued on the calling stream after this call behind the scheduled
         training and any write marked by mark_written (prediction calls it; so does a slot reset).
         Every stream that calls it is ordered, each once per write (device-side; no host sync).
         cpu_thread: blocks until the step in flight is done; with `raise_failure`, raises (once) what
         a step raised (sync and cuda_stream raise at schedule())."""
-        if self._running is not None:
-            running, self._running = self._running, None
-            self._failure = running.exception() or self._failure
+        running, self._running = self._running, []
+        for future, training in running:
+            failure = future.exception()  # waits
+            if training:
+                self._failure = failure or self._failure
         if raise_failure and self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure

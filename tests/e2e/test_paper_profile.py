@@ -26,8 +26,10 @@ def test_the_paper_servers_resolved_settings_are_the_papers_column_and_it_explor
     assert tel["settings"] == PROFILES["paper"]  # row by row, as the server resolved them
     # T 1 without a filter: every token of the group drawn by latent mixing, the Distiller trained each step.
     assert tel["tokens_reweighted"] == 4 * 16 and tel["steps_trained"] >= 15
-    # every decode step mixed before the LM head (the first token, from the prefill, after it)
-    assert tel["server"]["head_mix_steps"] >= 15
+    # every decode step mixed before the LM head (the first token, from the prefill, after it), with
+    # the ĥ computed on the training worker beside the layers after the source tap
+    assert tel["server"]["head_mix_steps"] >= 15 and tel["server"]["train_mode"] == "cpu_thread"
+    assert tel["server"]["predictions_beside"] == tel["server"]["head_mix_steps"]
     assert len({tuple(o["output_ids"]) for o in out}) > 1
 
 

@@ -4,14 +4,12 @@ the sampler on the output, and a failure leaves the forward stock, counted."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
+from decode_forward import decode_batch, join_rows, logits_forward
 
-from esamp_sgl.core.config import ESampConfig, ExploreRequest
+from esamp_sgl.core.config import ESampConfig
 from esamp_sgl.core.explorer import Explorer
 from runtime_patch import head_mix
-from runtime_patch.rows import ROWS_ATTR, BatchRows
 from runtime_patch.runtime import SchedulerState
 from runtime_patch.sampler import STEP_ATTR
 from runtime_patch.taps import APPEND_FINAL_NORM, Taps
@@ -28,31 +26,12 @@ def _runtime(taps_hidden: int = H) -> SchedulerState:
 def _decode(runtime, monkeypatch, min_p: list[float], width: int = H):
     """One decode forward of R rows (rows 0, 1 explore in one group, row 2 is stock) through the hooks;
     returns (the states _get_logits projected, the forward's output, the final states h)."""
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
-
     monkeypatch.setitem(APPEND_FINAL_NORM, "enabled", True)  # target = the final normed state
-    request = ExploreRequest(group="g")
-    runtime.join("a", request)
-    runtime.join("b", request)
-    info = SimpleNamespace(temperatures=torch.ones(R, 1), top_ks=torch.full((R,), 1 << 30),
-                           top_ps=torch.ones(R), min_ps=torch.tensor(min_p), need_top_k_sampling=False,
-                           need_top_p_sampling=False, need_min_p_sampling=any(m > 0 for m in min_p))
-    setattr(info, ROWS_ATTR, BatchRows(("a", "b", "c"), (request, request, None)))
-    batch = SimpleNamespace(forward_mode=ForwardMode.DECODE, sampling_info=info)
+    join_rows(runtime)
     gen = torch.Generator().manual_seed(0)
     aux, hidden = [torch.randn(R, width, generator=gen)], torch.randn(R, width, generator=gen)
-    projected = []
-
-    def get_logits(processor, states, *args, **kwargs):
-        projected.append(states)
-        return states.sum(-1)  # stands for the LM head; the test reads `projected`
-
-    def forward(processor, input_ids, hidden_states, lm_head, logits_metadata, *args, **kwargs):
-        # SGLang's decode: the pruned states are the final states themselves
-        return SimpleNamespace(next_token_logits=head_mix.project_mixed(get_logits, processor, hidden_states))
-
-    out = head_mix.mix_on_decode(runtime, forward, None, None, hidden, None, batch, aux)
-    return projected[0], out, hidden
+    projected, out = logits_forward(runtime, decode_batch(min_p), hidden, aux)
+    return projected, out, hidden
 
 
 def test_the_lm_head_projects_the_mixed_state_of_unfiltered_exploring_rows_only(monkeypatch):
