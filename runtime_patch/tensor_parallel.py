@@ -19,8 +19,9 @@ What TP changes for ESamp, and how each is handled:
   exploring step. Every rank must reach the exchange of every such step: it follows from the rows and
   memberships alone, which are the same on every rank, and the exchange runs whatever the step did
   (a failed check or step samples stock and still exchanges). A step whose taps or plan cannot even
-  be built skips it, on every rank alike, since those inputs are identical. Every rank still samples the whole batch stock (SGLang's draw, same seed), so the
-  engine's generator advances identically on every rank and stock rows stay identical.
+  be built skips it, on every rank alike, since those inputs are identical. Every rank still samples
+  the whole batch stock (SGLang's draw, same seed), so the engine's generator advances identically on
+  every rank and stock rows stay identical.
 * A group's telemetry lives on its owner; when a member leaves, the owner's report is broadcast over
   the TP group's CPU group (`report_from_owner`), as SGLang broadcasts requests: every rank handles
   the same finished and aborted requests in the same order. Only rank 0 streams it to the client.
