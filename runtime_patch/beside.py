@@ -28,6 +28,7 @@ from esamp_sgl.core.plan import StepPlan
 from esamp_sgl.core.step import PredictionBeside, mixes_every_row, predict_beside
 from runtime_patch.launch_checks import check_slots, check_tensor
 from runtime_patch.rows import rows_of
+from runtime_patch.sampler import batch_unfiltered
 
 
 @dataclass
@@ -76,7 +77,8 @@ def on_capture(runtime, original, captures, hidden, *args, **kwargs):
     return out
 
 
-def _capturing() -> bool:
+def capturing_graph() -> bool:
+    """A CUDA graph is being captured on this stream (a hook must not bake one step's work into it)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
@@ -86,15 +88,14 @@ def start_early(runtime, forward_batch, tap: torch.Tensor, index: int) -> EarlyS
     mode = getattr(forward_batch, "forward_mode", None)
     if (taps.capture_indices[index] != taps.source_index or mode is None or not mode.is_decode()
             or taps.target_index is not None or not runtime.config.latent_mixing
-            or runtime.ownership is not None or explorer.trainer.mode != "cpu_thread" or _capturing()):
+            or runtime.ownership is not None or explorer.trainer.mode != "cpu_thread" or capturing_graph()):
         return None
     info = getattr(forward_batch, "sampling_info", None)
     rows = rows_of(info)
     if rows is None or not rows.any_requested or tap.dim() != 2 or tap.shape[0] != len(rows.rids):
         return None
     plan = runtime.step_plan(rows, tap.device)
-    unfiltered = not (info.need_top_k_sampling or info.need_top_p_sampling or info.need_min_p_sampling)
-    if not plan.any_active or not mixes_every_row(explorer, plan.rules, unfiltered):
+    if not plan.any_active or not mixes_every_row(explorer, plan.rules, batch_unfiltered(info)):
         return EarlyStep(plan, None)
     source = tap if taps.source_norm is None else taps.source_norm(tap.contiguous())
     # The checks the head mix makes before launch, for what the prediction reads.

@@ -33,7 +33,7 @@ from dataclasses import replace
 import torch
 
 from esamp_sgl.core.step import mix_before_head
-from runtime_patch.beside import early_step
+from runtime_patch.beside import capturing_graph, early_step
 from runtime_patch.sampler import STEP_ATTR, StepContext, launch_check, step_batch, step_context
 from runtime_patch.taps import prompt_positions
 
@@ -42,17 +42,13 @@ _PENDING: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = con
     "esamp_head_input", default=None)
 
 
-def _capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 def decode_step(runtime, forward_batch, hidden_states, aux_hidden_states) -> StepContext | None:
     """The decode step with its head input, or None when nothing is mixed before the head. Checked
     before launch as the sampler's step is (launch_checks.py); a failure leaves the forward stock
     for this step (the sampler then checks, mixes after the head or samples stock), counted in
     the runtime's `head_mix_failures` and logged."""
     if (runtime is None or aux_hidden_states is None or runtime.taps.target_index is not None
-            or not runtime.config.latent_mixing or runtime.ownership is not None or _capturing()):
+            or not runtime.config.latent_mixing or runtime.ownership is not None or capturing_graph()):
         return None
     info = getattr(forward_batch, "sampling_info", None)
     early = early_step()  # the plan, and ĥ in flight, if the source tap's hook started them (beside.py)

@@ -102,9 +102,15 @@ def step_batch(step: StepContext, sampling_info, logits, probs) -> StepBatch:
         probs=probs,
         h_hat=None if step.head is None else step.head.h_hat,
         premixed=None if step.head is None else step.head.mixed,
-        unfiltered=not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling
-                        or sampling_info.need_min_p_sampling),  # top-k 1 (greedy) sets the first
+        unfiltered=batch_unfiltered(sampling_info),
     )
+
+
+def batch_unfiltered(sampling_info) -> bool:
+    """Host: no row of the batch has top-k, top-p or min-p, by SGLang's batch flags (top-k 1, i.e.
+    greedy, sets the first)."""
+    return not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling
+                or sampling_info.need_min_p_sampling)
 
 
 class StockDraw:
